@@ -1,0 +1,1 @@
+"""Virtual hardware, simulated fleets and local brokers for fieldtrace."""
