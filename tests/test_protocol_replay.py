@@ -60,7 +60,8 @@ def test_marking_is_pure() -> None:
     assert w.top == 5
 
 
-@pytest.mark.parametrize("marks", [[], [(1, 0)], [(3, 7), (3, 9), (3, 8)], [(2**32 - 1, 2**32 - 1)]])
+@pytest.mark.parametrize(
+    "marks", [[], [(1, 0)], [(3, 7), (3, 9), (3, 8)], [(2**32 - 1, 2**32 - 1)]])
 def test_saved_state_restores_the_same_window(marks: list[tuple[int, int]]) -> None:
     w = ReplayWindow()
     for e, s in marks:
