@@ -48,18 +48,22 @@ class Mosquitto:
     """One broker process. ``extra`` lines are appended to the config verbatim."""
 
     def __init__(self, workdir: Path, port: int | None = None, persistence: bool = False,
-                 extra: str = "", name: str = "mosquitto") -> None:
+                 extra: str = "", name: str = "mosquitto",
+                 config: str | None = None) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.persistence = persistence
         self.extra = extra
         self.name = name
+        self.config = config  # a complete config of the caller's (e.g. TLS + ACL)
         self.proc: subprocess.Popen[bytes] | None = None
         self.conf_path = self.workdir / (name + ".conf")
         self.log_path = self.workdir / (name + ".log")
 
     def config_text(self) -> str:
+        if self.config is not None:
+            return self.config
         lines = []
         if os.geteuid() == 0:
             lines.append("user root")
