@@ -29,7 +29,7 @@ class Site:
             self.pki.issue(cn)
         self.pki.revoke("rec-rv")
         self.pki.issue("rec-old", days=1,
-                       not_before=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=3))
+                       not_before=dt.datetime.now(dt.UTC) - dt.timedelta(days=3))
         self.rogue = Pki(root / "rogue-pki")
         self.rogue.init()
         self.rogue.issue("rec-a")
