@@ -8,6 +8,8 @@ Device id and topic kind are not in the payload but are bound by the MAC, so
 a record cannot be replayed under another device's topic or another kind.
 """
 
+import struct
+
 from protocol.errors import BAD_SIGNATURE, AuthError
 from protocol.mac import TAG_LEN, Mac, equal
 from protocol.topics import check_device_id
@@ -29,7 +31,7 @@ class Signer:
             raise ValueError("key id must be 0..15")
         self.device_id = check_device_id(device_id)
         self.key_id = key_id
-        self._mac = Mac(key)
+        self.mac = Mac(key)
         self._prefixes = {}
 
     def _prefix(self, topic_kind):
@@ -41,12 +43,12 @@ class Signer:
 
     def sign_into(self, buf, n, topic_kind):
         """Write the tag of ``buf[:n]`` at ``buf[n:n+16]``; returns n + 16."""
-        tag = self._mac.tag((self._prefix(topic_kind), memoryview(buf)[:n]))
+        tag = self.mac.tag((self._prefix(topic_kind), memoryview(buf)[:n]))
         buf[n:n + TAG_LEN] = tag
         return n + TAG_LEN
 
     def tag_of(self, signed_part, topic_kind):
-        return self._mac.tag((self._prefix(topic_kind), signed_part))
+        return self.mac.tag((self._prefix(topic_kind), signed_part))
 
 
 def expected_tag(mac, device_id, topic_kind, signed_part):
@@ -58,3 +60,23 @@ def check_tag(env, device_id, topic_kind, mac):
     want = expected_tag(mac, device_id, topic_kind, env.signed_part)
     if not equal(want, env.tag):
         raise AuthError(BAD_SIGNATURE, "key id %d" % env.key_id)
+
+
+def key_wrap_pad(mac, device_id, cmd_epoch, cmd_seq, new_key_id):
+    """32-byte one-time pad for a rotate_key command.
+
+    HMAC under the *current* key of a label, the device id and the command's
+    own (epoch, seq), which never repeats: XOR with the new key gives a
+    ciphertext only a holder of the current key can open, and the command's
+    tag (same current key) authenticates it.
+    """
+    did = device_id.encode()
+    return mac.full((b"FT1-wrap", bytes((len(did),)), did,
+                     struct.pack(">IIB", cmd_epoch, cmd_seq, new_key_id)))
+
+
+def xor32(a, b):
+    out = bytearray(32)
+    for i in range(32):
+        out[i] = a[i] ^ b[i]
+    return bytes(out)

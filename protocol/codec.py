@@ -15,6 +15,7 @@ typing, struct.pack_into into caller-owned bytearrays on the device path).
 """
 
 import struct
+from binascii import hexlify, unhexlify  # noqa: F401  (unhexlify is used by message.py)
 
 from protocol.errors import (
     FIELD_INVALID, FLAGS_RESERVED, KIND_UNKNOWN, LENGTH_INVALID, TOO_LARGE,
@@ -87,7 +88,9 @@ STATUS_STATES = {0: "offline", 1: "online", 2: "shutdown"}
 
 # Command: action, parameter count, then (parameter id u8, value u32) pairs.
 CMD_ACTIONS = {1: "set_params", 2: "locate_now", 3: "reboot",
-               4: "clear_alarm"}
+               4: "clear_alarm", 5: "rotate_key"}
+CMD_ROTATE_KEY = 5
+ROTATE_LEN = 2 + 1 + 32   # action, 0 params, new key id, wrapped key
 CMD_ACTION_CODES = {v: k for k, v in CMD_ACTIONS.items()}
 CMD_PARAMS = {1: "gps_period_s", 2: "min_distance_m", 3: "min_heading_deg",
               4: "stationary_period_s", 5: "hb_interval_s",
@@ -186,10 +189,20 @@ def pack_status(buf, off, state, device_class, hb_interval_s):
     return off + STATUS_LEN
 
 
-def pack_cmd(buf, off, action, params):
-    """``params``: sequence of (param code, value) pairs."""
+def pack_cmd(buf, off, action, params, rotation=None):
+    """``params``: sequence of (param code, value) pairs; ``rotation``:
+    (new key id, 32-byte wrapped key) for rotate_key and nothing else."""
     if action not in CMD_ACTIONS or len(params) > CMD_MAX_PARAMS:
         _invalid("command")
+    if (action == CMD_ROTATE_KEY) != (rotation is not None):
+        _invalid("rotation data goes with rotate_key only")
+    if rotation is not None:
+        new_kid, wrapped = rotation
+        if params or not 0 <= new_kid <= 15 or len(wrapped) != 32:
+            _invalid("rotate_key")
+        struct.pack_into(">BBB", buf, off, action, 0, new_kid)
+        buf[off + 3:off + ROTATE_LEN] = wrapped
+        return off + ROTATE_LEN
     struct.pack_into(">BB", buf, off, action, len(params))
     off += 2
     for code, value in params:
@@ -308,6 +321,14 @@ def _body_cmd(mv, n):
     action, count = struct.unpack_from(">BB", mv, HEADER_LEN)
     if action not in CMD_ACTIONS:
         _invalid("command action")
+    if action == CMD_ROTATE_KEY:
+        if count != 0 or n != ROTATE_LEN:
+            raise DecodeError(LENGTH_INVALID, "rotate_key body %d" % n)
+        new_kid = mv[HEADER_LEN + 2]
+        if new_kid > 15:
+            _invalid("new key id")
+        return {"action": "rotate_key", "params": {}, "new_key_id": new_kid,
+                "wrapped_key": hexlify(bytes(mv[HEADER_LEN + 3:HEADER_LEN + ROTATE_LEN])).decode()}
     if count > CMD_MAX_PARAMS or n != 2 + 5 * count:
         raise DecodeError(LENGTH_INVALID, "command parameters")
     params = {}

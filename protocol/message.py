@@ -7,7 +7,9 @@ from the gateway, tools, tests and vectors — and guarantees that
 """
 
 from protocol import codec
-from protocol.auth import Signer
+from binascii import hexlify, unhexlify
+
+from protocol.auth import Signer, key_wrap_pad, xor32
 from protocol.codec import (
     ACK_RESULTS, ALARM_CODES, CLASS_RECORDER, CMD_ACTION_CODES,
     CMD_PARAM_CODES, MAX_ENVELOPE, STATUS_STATES,
@@ -46,7 +48,11 @@ def pack_body(buf, off, kind, body):
                                      body["device_class"], body["hb_interval_s"])
         if kind == KIND_CMD:
             params = [(CMD_PARAM_CODES[k], v) for k, v in body["params"].items()]
-            return codec.pack_cmd(buf, off, CMD_ACTION_CODES[body["action"]], params)
+            rotation = None
+            if body["action"] == "rotate_key":
+                rotation = (body["new_key_id"], codec.unhexlify(body["wrapped_key"]))
+            return codec.pack_cmd(buf, off, CMD_ACTION_CODES[body["action"]], params,
+                                  rotation)
         if kind == KIND_ACK:
             return codec.pack_ack(buf, off, body["cmd_epoch"], body["cmd_seq"],
                                   _ACK_CODES[body["result"]])
@@ -65,6 +71,20 @@ def encode(signer, kind, epoch, seq, ts, body, backlog=False, unsynced=False):
     return bytes(buf[:n])
 
 
+def encode_rotate_key(signer, epoch, seq, ts, new_key_id, new_key):
+    """A rotate_key command carrying ``new_key`` wrapped under the signer's key."""
+    pad = key_wrap_pad(signer.mac, signer.device_id, epoch, seq, new_key_id)
+    body = {"action": "rotate_key", "params": {}, "new_key_id": new_key_id,
+            "wrapped_key": hexlify(xor32(pad, new_key)).decode()}
+    return encode(signer, KIND_CMD, epoch, seq, ts, body)
+
+
+def unwrap_rotate_key(mac, device_id, env):
+    """The new key inside an authenticated rotate_key command envelope."""
+    pad = key_wrap_pad(mac, device_id, env.epoch, env.seq, env.body["new_key_id"])
+    return xor32(pad, unhexlify(env.body["wrapped_key"]))
+
+
 def sample_heartbeat(device_class=CLASS_RECORDER):
     """A plausible heartbeat body, for tools and tests."""
     hb = {"battery_pct": 87, "power": 0, "signal_dbm": -71, "outbox_depth": 0,
@@ -79,4 +99,5 @@ def sample_heartbeat(device_class=CLASS_RECORDER):
     return hb
 
 
-__all__ = ["encode", "pack_body", "Signer", "sample_heartbeat"]
+__all__ = ["encode", "encode_rotate_key", "unwrap_rotate_key", "pack_body", "Signer",
+           "sample_heartbeat"]

@@ -66,3 +66,31 @@ def test_encode_is_deterministic() -> None:
     s = Signer("rec-0001", KEY, 1)
     body = {"cmd_epoch": 1, "cmd_seq": 2, "result": "ok"}
     assert message.encode(s, 6, 1, 2, 3, body) == message.encode(s, 6, 1, 2, 3, body)
+
+
+def test_rotate_key_command_carries_the_new_key_wrapped_under_the_current_one() -> None:
+    from protocol.codec import decode
+    from protocol.mac import Mac
+    new = bytes(range(100, 132))
+    p = message.encode_rotate_key(Signer("rec-0001", KEY, 1), 3, 9, 1764806400, 2, new)
+    env = decode(p)
+    assert new.hex() not in p.hex()
+    assert message.unwrap_rotate_key(Mac(KEY), "rec-0001", env) == new
+    assert message.unwrap_rotate_key(Mac(bytes(32)), "rec-0001", env) != new
+
+
+def test_micropython_unwraps_a_rotated_key(tmp_path) -> None:
+    new = bytes(range(100, 132))
+    p = message.encode_rotate_key(Signer("rec-0001", KEY, 1), 3, 9, 1764806400, 2, new)
+    script = tmp_path / "unwrap.py"
+    script.write_text(
+        "import binascii\n"
+        "from protocol.codec import decode\n"
+        "from protocol.mac import Mac\n"
+        "from protocol.message import unwrap_rotate_key\n"
+        "env = decode(binascii.unhexlify(%r))\n"
+        "k = unwrap_rotate_key(Mac(bytes(range(32))), 'rec-0001', env)\n"
+        "print(binascii.hexlify(k).decode())\n" % p.hex())
+    proc = run_micropython(script)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.decode().strip() == new.hex()

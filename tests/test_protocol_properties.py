@@ -63,11 +63,14 @@ alarms = st.one_of(
     st.builds(lambda p, t, v: dict(p, alarm=t, value=v, has_position=True),
               positions, st.sampled_from(sorted(codec.ALARM_CODES)), st.integers(0, 65535)),
 )
-commands = st.builds(
-    lambda action, params: {"action": action,
-                            "params": params if action == "set_params" else {}},
-    st.sampled_from(sorted(codec.CMD_ACTION_CODES)),
-    st.dictionaries(st.sampled_from(sorted(codec.CMD_PARAM_CODES)), u32, max_size=6))
+commands = st.one_of(
+    st.builds(lambda action, params: {"action": action,
+                                      "params": params if action == "set_params" else {}},
+              st.sampled_from(sorted(set(codec.CMD_ACTION_CODES) - {"rotate_key"})),
+              st.dictionaries(st.sampled_from(sorted(codec.CMD_PARAM_CODES)), u32, max_size=6)),
+    st.builds(lambda kid, wrapped: {"action": "rotate_key", "params": {}, "new_key_id": kid,
+                                    "wrapped_key": wrapped.hex()},
+              st.integers(0, 15), st.binary(min_size=32, max_size=32)))
 bodies = st.one_of(
     st.tuples(st.just(KIND_GPS), positions),
     st.tuples(st.just(KIND_HB), heartbeats()),

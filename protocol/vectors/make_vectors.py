@@ -91,6 +91,9 @@ def valid_vectors():
     add("command_set_params", REC, KIND_CMD, {
         "action": "set_params", "params": {"gps_period_s": 15, "min_distance_m": 25}}, 1)
     add("command_locate_now", WB, KIND_CMD, {"action": "locate_now", "params": {}}, 2)
+    p = message.encode_rotate_key(REC, 3, 4, NOW - 5, 2, KEY_A2)
+    out.append(vec("command_rotate_key", t("rec-0001", KIND_CMD), p, ok(p),
+                   note="new key id 2 = KEY_A2 wrapped under key id 1"))
     add("ack_ok", REC, KIND_ACK, {"cmd_epoch": 3, "cmd_seq": 1, "result": "ok"}, 107)
     # Freshness edges that must be accepted.
     p = message.encode(REC, KIND_GPS, 7, 50, NOW, FIX)
@@ -185,6 +188,11 @@ def invalid_vectors():
                    resign(REC, ab[:14] + bytes([99]) + ab[15:]), bad("field_invalid")))
     out.append(vec("alarm_position_bytes_without_position", t("rec-0001", KIND_ALARM),
                    resign(REC, ab[:-1] + b"\x01"), bad("field_invalid")))
+    rot = message.encode_rotate_key(REC, 3, 4, NOW, 2, KEY_A2)[:-16]
+    out.append(vec("rotate_key_with_parameters", t("rec-0001", KIND_CMD),
+                   resign(REC, rot[:15] + b"\x01" + rot[16:]), bad("length_invalid")))
+    out.append(vec("rotate_key_id_over_15", t("rec-0001", KIND_CMD),
+                   resign(REC, rot[:16] + b"\x10" + rot[17:]), bad("field_invalid")))
     hb = message.encode(WB, KIND_HB, 7, 100, NOW, message.sample_heartbeat(CLASS_WRISTBAND))[:-16]
     out.append(vec("heartbeat_battery_over_100", t("wb-0001", KIND_HB),
                    resign(WB, hb[:14] + bytes([150]) + hb[15:]), bad("field_invalid")))
