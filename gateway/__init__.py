@@ -1,0 +1,1 @@
+"""fieldtrace edge gateway: verify, durably buffer and forward upstream. See README.md."""

@@ -1,0 +1,178 @@
+"""The running gateway: ingest -> verify -> group commit -> ack -> forward.
+
+Threads: one paho loop per local connection (feeding a bounded queue), the
+committer (this module: verifies, commits, acknowledges — the only SQLite
+writer), the forwarder (upstream). The committer also applies upstream
+acknowledgements (deletes), liveness timeouts and TTLs in the same commits.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+from gateway.config import GatewayConfig
+from gateway.forwarder import Forwarder
+from gateway.ingest import Item, LocalConnection
+from gateway.liveness import LivenessTracker
+from gateway.pipeline import Accepted, decide, protocol_limits
+from gateway.registry import KeyCache, Registry
+from gateway.store import ACKED, CommitBatch, Store
+from protocol.replay import ReplayWindow
+
+log = logging.getLogger("gateway")
+
+TICK_EVERY_S = 0.5
+
+
+class Gateway:
+    def __init__(self, cfg: GatewayConfig, clock: Callable[[], float] = time.time) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        self.store = Store(cfg.store_path, cfg.lanes, cfg.gateway_id, cfg.ingest.sync,
+                           cfg.quarantine_max)
+        self.cmd_epoch = self.store.bump_meta("cmd_epoch")
+        self.keys = KeyCache(Registry(cfg.registry_path))
+        self.keys.refresh(clock(), force=True)
+        self.windows: dict[tuple[str, int], ReplayWindow] = self.store.load_windows()
+        self.liveness = LivenessTracker(cfg.liveness)
+        self.liveness.restore(self.store.load_liveness())
+        self.inq: queue.Queue[Item] = queue.Queue(cfg.ingest.queue_max)
+        self.acked: deque[list[ACKED]] = deque()
+        self.forwarder = Forwarder(cfg, self.acked.append)
+        self.conns = [LocalConnection(cfg.local, i, self.inq)
+                      for i in range(cfg.local.connections)]
+        self.plimits = protocol_limits(cfg.limits)
+        self.stopping = threading.Event()
+        self.next_tick = 0.0
+        self.commits = 0
+        self.last_commit_s = 0.0
+        self.snapshot: dict[str, int] = dict(self.store.counters)
+        self.lane_snapshot = (list(self.store.lane_rows), list(self.store.lane_bytes))
+        self.alert_logged = [False] * len(cfg.lanes)
+
+    def _window_of(self, device: str, lane: int) -> ReplayWindow | None:
+        return self.windows.get((device, lane))
+
+    # ---- lifecycle ----
+
+    def start(self) -> None:
+        self.forwarder.start()
+        for c in self.conns:
+            c.start()
+        log.info("gateway started", extra={"gateway": self.cfg.gateway_id,
+                                           "cmd_epoch": self.cmd_epoch})
+
+    def run(self) -> None:
+        self.start()
+        try:
+            while not self.stopping.is_set():
+                self.step()
+        finally:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        for c in self.conns:
+            c.stop()
+        while not self.inq.empty():   # commit and ack what was already received
+            self.step(0.0)
+        self.forwarder.stop()
+        self.step(0.0)
+        self.store.close()
+        log.info("gateway stopped", extra={"gateway": self.cfg.gateway_id})
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    # ---- one group commit ----
+
+    def _drain(self, timeout: float) -> list[Item]:
+        items: list[Item] = []
+        try:
+            items.append(self.inq.get(timeout=timeout) if timeout > 0 else self.inq.get_nowait())
+        except queue.Empty:
+            return items
+        cap = self.cfg.ingest.batch_max
+        deadline = time.monotonic() + self.cfg.ingest.linger_ms / 1000.0
+        get = self.inq.get_nowait
+        while len(items) < cap:
+            try:
+                items.append(get())
+            except queue.Empty:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    items.append(self.inq.get(timeout=left))
+                except queue.Empty:
+                    break
+        return items
+
+    def step(self, timeout: float = 0.1) -> int:
+        """Receive, verify and commit one batch, then acknowledge it. Returns its size."""
+        items = self._drain(timeout)
+        now = self.clock()
+        self.keys.refresh(now)
+        b = CommitBatch()
+        cfg = self.cfg
+        lookup = self.keys.lookup
+        window_of = self._window_of
+        observe = self.liveness.observe
+        records = b.records
+        accepted = 0
+        for topic, payload, _mid, _qos, t, _conn, _gen in items:
+            d = decide(topic, payload, lookup, window_of, t, cfg.limits, self.plimits,
+                       cfg.gateway_id)
+            if isinstance(d, Accepted):
+                key = (d.device, d.replay_lane)
+                self.windows[key] = d.window
+                b.windows[key] = d.window
+                records.append((d.lane, t, d.record))
+                observe(d.device, t, d.kind, d.body)
+                accepted += 1
+            elif d.quarantined:
+                b.count("rejected:" + d.reason)
+                b.quarantine.append((t, d.reason, d.device, d.topic, d.detail, d.sample))
+                log.info("rejected", extra={"reason": d.reason, "device": d.device,
+                                            "topic": d.topic, "detail": d.detail})
+            else:
+                b.count(d.reason)
+        if accepted:
+            b.count("accepted", accepted)
+        while self.acked:
+            b.acked.extend(self.acked.popleft())
+        ticked = now >= self.next_tick
+        if ticked:
+            self.next_tick = now + TICK_EVERY_S
+            for tr in self.liveness.tick(now):
+                b.transitions.append((tr.device, tr.state, tr.since, tr.reason))
+                log.info("liveness", extra={"device": tr.device, "state": tr.state,
+                                            "reason": tr.reason})
+        if b.records or ticked:
+            b.liveness = self.liveness.take_dirty()
+        if not b.empty() or (ticked and self.store.ttl_due(now)):
+            t0 = time.perf_counter()
+            self.store.commit(b, now)
+            self.last_commit_s = time.perf_counter() - t0
+            self.commits += 1
+        for _topic, _payload, mid, qos, _t, conn, gen in items:
+            if qos:
+                conn.ack(mid, qos, gen)
+        if b.records:
+            self.forwarder.wake.set()
+        if b.counts:
+            self.snapshot = dict(self.store.counters)
+            self.lane_snapshot = (list(self.store.lane_rows), list(self.store.lane_bytes))
+        self._alerts()
+        return len(items)
+
+    def _alerts(self) -> None:
+        for lane, over in enumerate(self.store.over_quota):
+            if over and not self.alert_logged[lane]:
+                log.error("lane over quota; alarms are kept, not evicted",
+                          extra={"lane": lane, "bytes": self.store.lane_bytes[lane]})
+            self.alert_logged[lane] = over
