@@ -41,6 +41,9 @@ class ConfigError(GatewayError):
         self.key = key
         self.problem = problem
 
+    def __str__(self) -> str:
+        return "%s: %s" % (self.key, self.problem)
+
 
 class RegistryError(GatewayError):
     """The device registry refused an operation (unknown device, duplicate...)."""

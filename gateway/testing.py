@@ -81,8 +81,10 @@ class Device:
         return self.msg(KIND_STATUS, {"state": state, "device_class": cls,
                                       "hb_interval_s": hb_interval_s}, **kw)
 
-    def ack(self, cmd_epoch: int, cmd_seq: int, result: str = "ok") -> tuple[str, bytes]:
-        return self.msg(KIND_ACK, {"cmd_epoch": cmd_epoch, "cmd_seq": cmd_seq, "result": result})
+    def ack(self, cmd_epoch: int, cmd_seq: int, result: str = "ok",
+            **kw: Any) -> tuple[str, bytes]:
+        return self.msg(KIND_ACK, {"cmd_epoch": cmd_epoch, "cmd_seq": cmd_seq, "result": result},
+                        **kw)
 
 
 class Publisher:
