@@ -164,7 +164,8 @@ def test_command_counter_is_persistent_and_monotonic(tmp_path: Path) -> None:
     assert a == (e1, 1) and b == (e1, 2) and c == (e2, 1) and e2 > e1
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=st.lists(st.tuples(st.sampled_from(["add", "ack"]), st.integers(0, 2),
                               st.integers(1, 30)), max_size=25))
 def test_property_every_record_is_queued_forwarded_or_counted_dropped(
