@@ -57,9 +57,11 @@ class LocalConnection:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
         self.lock = threading.Lock()
         self.generation = 0
         self.connected = threading.Event()
+        self.subscribed = threading.Event()
         self.backpressure = 0        # times the committer queue was full
         self.received = 0
         self.stale_acks = 0          # acks skipped: their connection is gone
@@ -86,7 +88,16 @@ class LocalConnection:
         with self.lock:
             self.generation += 1
         self.connected.clear()
+        self.subscribed.clear()
         log.warning("local broker disconnected", extra={"conn": self.index, "rc": str(rc)})
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, rcs: Any,
+                      props: Any = None) -> None:
+        if any(rc.is_failure for rc in rcs):
+            log.error("local broker refused a subscription", extra={"codes": str(rcs)})
+            return
+        self.subscribed.set()
+        log.info("subscribed", extra={"conn": self.index, "filters": ",".join(self.filters())})
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         self.received += 1

@@ -108,17 +108,13 @@ class Publisher:
             self.publish(t, p, qos)
 
     def wait(self, timeout: float = 30.0) -> bool:
+        """True once every message got its PUBACK (paho resends across reconnects)."""
         deadline = time.monotonic() + timeout
         for info in self.infos:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            try:
-                info.wait_for_publish(left)
-            except (RuntimeError, ValueError):
-                return False
-            if not info.is_published():
-                return False
+            while not info._published:
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.01)
         return True
 
     def close(self) -> None:
@@ -205,6 +201,36 @@ def write_config(path: Path, local_port: int, upstream_port: int, gateway_id: st
     return path
 
 
+class RunningGateway:
+    """An in-process gateway on its own thread (``with RunningGateway(cfg) as gw``)."""
+
+    def __init__(self, cfg: Any, clock: Callable[[], float] = time.time) -> None:
+        from gateway.service import Gateway
+
+        self.gw = Gateway(cfg, clock)
+        self.thread = threading.Thread(target=self.gw.run, name="gateway", daemon=True)
+
+    def __enter__(self) -> Any:
+        self.thread.start()
+        for c in self.gw.conns:
+            if not c.subscribed.wait(15):
+                raise RuntimeError("gateway did not subscribe")
+        return self.gw
+
+    def __exit__(self, *exc: object) -> None:
+        self.gw.stop()
+        self.thread.join(20)
+
+
+def wait_until(pred: Callable[[], bool], timeout: float, step: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(step)
+    return True
+
+
 class GatewayProcess:
     """``python -m gateway run`` as a child process (so that tests can SIGKILL it)."""
 
@@ -212,8 +238,10 @@ class GatewayProcess:
         self.config = config
         self.log = log or config.with_suffix(".log")
         self.proc: subprocess.Popen[bytes] | None = None
+        self._log_start = 0
 
     def start(self) -> GatewayProcess:
+        self._log_start = self.log.stat().st_size if self.log.exists() else 0
         env = dict(os.environ)
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         with open(self.log, "ab") as logf:
@@ -243,3 +271,9 @@ class GatewayProcess:
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def wait_subscribed(self, timeout: float = 15.0) -> bool:
+        """Wait for this run's "subscribed" log line."""
+        start = self._log_start
+        return wait_until(lambda: b'"msg": "subscribed"' in self.log.read_bytes()[start:],
+                          timeout)
