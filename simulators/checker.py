@@ -53,7 +53,8 @@ Definitions used in the report:
   ``received_at`` (gateway receive time) instead.
 
 The run fails (exit status 1) when lost, attacks forwarded, unverified or
-malformed upstream messages are non-zero.
+malformed upstream messages are non-zero, or when more records arrived than
+the checker keeps (``MAX_RECORDS``), since it could then prove nothing.
 """
 
 from __future__ import annotations
@@ -87,6 +88,9 @@ LANE_NAMES = {0: "telemetry", 1: "alarm", 2: "status", 3: "ack", 4: "cmd"}
 UPSTREAM_LANE_OF = {"gps": "telemetry", "hb": "telemetry", "ack": "status",
                     "alarm": "alarm", "status": "status", LIVENESS: "status"}
 MAX_UPSTREAM_MESSAGE = 16 * 1024 * 1024
+# Records kept in memory by a tally or an in-memory produced log: about 40 minutes
+# of a 3,000-device fleet. Beyond it the run cannot be checked and fails.
+MAX_RECORDS = 8_000_000
 # A record verified end to end may be old (backlog) but not absurdly so.
 VERIFY_LIMITS = Limits(max_payload=128, max_future_s=300, max_past_s=30 * 86400)
 
@@ -183,15 +187,24 @@ class ProducedLog(_JsonLines):
     With a ``path`` the entries go to an append-only JSON-lines file (several
     processes may append to their own files; ``load_produced`` reads many).
     With ``keep=True`` (the default without a path) they are also kept in
-    memory for an in-process checker.
+    memory for an in-process checker, up to ``max_kept`` entries; beyond that
+    they are not kept, ``overflow`` counts them and ``snapshot`` raises.
     """
 
     def __init__(self, path: str | Path | None = None, keep: bool | None = None,
-                 flush_every: int = 256) -> None:
+                 flush_every: int = 256, max_kept: int = MAX_RECORDS) -> None:
         super().__init__(path, flush_every)
         self.keep = keep if keep is not None else path is None
+        self.max_kept = max_kept
         self.records: list[ProducedRecord] = []
         self.evictions: list[EvictedRecord] = []
+        self.overflow = 0
+
+    def _room(self) -> bool:
+        if len(self.records) + len(self.evictions) < self.max_kept:
+            return True
+        self.overflow += 1
+        return False
 
     def record(self, device: str, kind: str, epoch: int, seq: int, produced_at: float,
                expect: bool = True, envelope: bytes | None = None) -> ProducedRecord:
@@ -199,7 +212,7 @@ class ProducedLog(_JsonLines):
                              produced_at, expect,
                              sha256_hex(envelope) if envelope is not None else None)
         with self._lock:
-            if self.keep:
+            if self.keep and self._room():
                 self.records.append(rec)
             self._write(rec.to_json())
         return rec
@@ -208,13 +221,16 @@ class ProducedLog(_JsonLines):
                 reason: str = "outbox_full") -> EvictedRecord:
         ev = EvictedRecord(record_id(device, epoch, seq), device, at, reason)
         with self._lock:
-            if self.keep:
+            if self.keep and self._room():
                 self.evictions.append(ev)
             self._write(ev.to_json())
         return ev
 
     def snapshot(self) -> tuple[list[ProducedRecord], list[EvictedRecord]]:
         with self._lock:
+            if self.overflow:
+                raise CheckerError("the in-memory produced log overflowed (%d entries not kept);"
+                                   " use a file for runs this long" % self.overflow)
             return list(self.records), list(self.evictions)
 
 
@@ -338,7 +354,7 @@ def load_keys(path: str | Path) -> dict[str, DeviceKeys]:
 
 # ---- the pure core ----------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class UpstreamRecord:
     """One record as received upstream, with where and when it arrived."""
 
@@ -402,6 +418,7 @@ class Report:
     upstream_messages: int
     upstream_records: int
     upstream_malformed: int
+    upstream_overflow: int
     lane_mismatch: int
     liveness: dict[str, int]
     record_latency: Latency
@@ -413,7 +430,7 @@ class Report:
     @property
     def ok(self) -> bool:
         return (self.lost == 0 and self.attacks_forwarded == 0 and self.unverified == 0
-                and self.upstream_malformed == 0)
+                and self.upstream_malformed == 0 and self.upstream_overflow == 0)
 
     @property
     def exit_code(self) -> int:
@@ -463,6 +480,8 @@ class Report:
         t.add_row("upstream messages / records", "%d / %d" % (self.upstream_messages,
                                                               self.upstream_records))
         t.add_row("malformed upstream messages", bad(self.upstream_malformed))
+        if self.upstream_overflow:
+            t.add_row("upstream records beyond the checker's bound", bad(self.upstream_overflow))
         t.add_row("liveness records", ", ".join("%s %d" % kv for kv in
                                                 sorted(self.liveness.items())) or "0")
         for name, lat in (("record latency", self.record_latency),
@@ -476,8 +495,12 @@ class Report:
 class UpstreamTally:
     """Pure: ingest upstream messages, then ``report`` against the logs. Not thread-safe."""
 
-    def __init__(self, keys: dict[str, DeviceKeys] | None = None) -> None:
+    def __init__(self, keys: dict[str, DeviceKeys] | None = None,
+                 limits: Limits = VERIFY_LIMITS, max_records: int = MAX_RECORDS) -> None:
         self.keys = keys
+        self.limits = limits
+        self.max_records = max_records
+        self.overflow = 0
         self.records: list[UpstreamRecord] = []
         self.messages = 0
         self.malformed = 0
@@ -544,6 +567,9 @@ class UpstreamTally:
             reason = reason or "id_mismatch"
         if reason is not None:
             self.unverified[reason] += 1
+        if len(self.records) >= self.max_records:
+            self.overflow += 1
+            return True
         self.records.append(UpstreamRecord(rid, device, kind, epoch, seq, backlog, received_at,
                                            arrived_at, gw, lane, env_sha, len(self.records)))
         return True
@@ -557,8 +583,8 @@ class UpstreamTally:
             return e.reason
         if self.keys is not None:
             keys = self.keys
-            verdict = verify(topic, raw, keys.get, lambda d, lane: None, received_at,
-                             VERIFY_LIMITS)
+            verdict = verify(topic, raw, keys.get, lambda d, lane: None, int(received_at),
+                             self.limits)
             if not verdict.ok:
                 return str(verdict.reason)
             env = verdict.envelope
@@ -657,7 +683,8 @@ class UpstreamTally:
             unverified=sum(self.unverified.values()),
             unverified_by_reason=dict(self.unverified),
             upstream_messages=self.messages, upstream_records=len(self.records),
-            upstream_malformed=self.malformed, lane_mismatch=self.lane_mismatch,
+            upstream_malformed=self.malformed, upstream_overflow=self.overflow,
+            lane_mismatch=self.lane_mismatch,
             liveness=dict(self.liveness), record_latency=latency_of(rec_lat),
             alarm_latency=latency_of(alarm_lat), gateway_latency=latency_of(gw_lat),
             verified_with_keys=self.keys is not None,
@@ -705,11 +732,12 @@ class Checker:
                  produced: ProducedLog | Source | None = None,
                  attacks: AttackLog | Source | None = None,
                  keys: dict[str, DeviceKeys] | None = None,
-                 capture: str | Path | None = None) -> None:
+                 capture: str | Path | None = None,
+                 limits: Limits = VERIFY_LIMITS) -> None:
         self.config = config
         self.produced = produced
         self.attacks = attacks
-        self.tally = UpstreamTally(keys)
+        self.tally = UpstreamTally(keys, limits)
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         self._last_message = 0.0

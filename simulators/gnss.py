@@ -473,6 +473,74 @@ def _flip_bit(s: bytes, rng: random.Random) -> bytes:
     return s
 
 
+# ---- an in-process UART ------------------------------------------------------
+
+class GnssUart:
+    """The receiver seen from a CPython simulated board: a ``machine.UART``-like RX side.
+
+    ``advance(now)`` lets the receiver emit every whole second up to ``now``
+    (at most ``max_catch_up_s`` of them after a pause); the board then reads
+    with ``any()``, ``read()``, ``readline()`` or ``readinto()``. The RX buffer
+    is bounded like a real UART's: bytes arriving into a full buffer are
+    dropped and counted in ``overflow_bytes``. While ``powered`` is false
+    (GNSS power off, device asleep) nothing arrives.
+    """
+
+    def __init__(self, receiver: GnssReceiver, rxbuf: int = 4096, max_catch_up_s: int = 5
+                 ) -> None:
+        if not 64 <= rxbuf <= 1 << 20:
+            raise ValueError("rxbuf must be 64 bytes .. 1 MiB")
+        self.receiver = receiver
+        self.rxbuf = rxbuf
+        self.max_catch_up_s = max(1, max_catch_up_s)
+        self.powered = True
+        self._buf = bytearray()
+        self._next_s: int | None = None
+        self.overflow_bytes = 0
+
+    def advance(self, now: float) -> int:
+        """Emit the epochs due by ``now``; returns how many bytes arrived."""
+        sec = int(now)
+        if self._next_s is None or sec - self._next_s >= self.max_catch_up_s:
+            self._next_s = sec - (0 if self._next_s is None else self.max_catch_up_s - 1)
+        n = 0
+        while self._next_s <= sec:
+            if self.powered:
+                n += self._arrive(self.receiver.read(float(self._next_s)))
+            self._next_s += 1
+        return n
+
+    def _arrive(self, data: bytes) -> int:
+        room = self.rxbuf - len(self._buf)
+        if len(data) > room:
+            self.overflow_bytes += len(data) - max(0, room)
+            data = data[:max(0, room)]
+        self._buf += data
+        return len(data)
+
+    def any(self) -> int:
+        return len(self._buf)
+
+    def read(self, n: int | None = None) -> bytes | None:
+        if not self._buf:
+            return None
+        k = len(self._buf) if n is None else min(n, len(self._buf))
+        out = bytes(self._buf[:k])
+        del self._buf[:k]
+        return out
+
+    def readline(self) -> bytes | None:
+        i = self._buf.find(b"\n")
+        return self.read(i + 1 if i >= 0 else None)
+
+    def readinto(self, buf: bytearray | memoryview) -> int | None:
+        data = self.read(len(buf))
+        if data is None:
+            return None
+        buf[:len(data)] = data
+        return len(data)
+
+
 # ---- sinks and the feeder --------------------------------------------------
 
 class Sink(Protocol):

@@ -340,3 +340,20 @@ def test_checker_reports_a_batch_published_to_mosquitto(broker: Any) -> None:
         r = ck.report()
     assert (r.upstream_messages, r.forwarded, r.lost, r.attacks_forwarded) == (2, 4, 0, 0)
     assert r.alarm_latency.n == 1 and r.ok
+
+
+def test_more_upstream_records_than_the_bound_fail_the_run() -> None:
+    log = produced(*GPS3)
+    t = UpstreamTally(max_records=2)
+    t.ingest(*batch("telemetry", *(rec(*p) for p in GPS3)), T0)
+    r = t.report(*log.snapshot())
+    assert r.upstream_overflow == 1 and not r.ok
+
+
+def test_an_overflowing_in_memory_produced_log_refuses_to_report() -> None:
+    log = ProducedLog(max_kept=2)
+    for p in GPS3:
+        log.record(*p, T0)
+    assert log.overflow == 1
+    with pytest.raises(CheckerError, match="overflowed"):
+        log.snapshot()

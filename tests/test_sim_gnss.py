@@ -12,7 +12,7 @@ import pytest
 import serial
 
 from simulators.gnss import (
-    FdSink, GnssConfig, GnssFeeder, GnssReceiver, MemorySink, open_pty_pair,
+    FdSink, GnssConfig, GnssFeeder, GnssReceiver, GnssUart, MemorySink, open_pty_pair,
 )
 from simulators.routes import DailyRoute, distance_m, make_route
 
@@ -274,3 +274,43 @@ def test_pty_write_without_reader_drops_instead_of_blocking() -> None:
     assert 0 < written < 1_000_000
     with pytest.raises(OSError):
         os.fstat(master)
+
+
+def test_warm_restart_fixes_sooner_than_a_cold_start() -> None:
+    rx, epochs = run("vehicle", 2, n=60)
+    assert first_fix_index(epochs) >= 20
+    rx.power_on(T0 + 60, "warm")
+    again = [rx.read(T0 + 60 + i) for i in range(30)]
+    assert 5 <= first_fix_index(again) <= 16
+
+
+def test_uart_delivers_each_second_once_in_lines() -> None:
+    rx = GnssReceiver(make_route("foot", 1), 1, GnssConfig(power_on_garbage=False),
+                      route_start=T0)
+    uart = GnssUart(rx)
+    uart.advance(T0 + 0.2)
+    uart.advance(T0 + 0.9)               # same second: nothing new
+    first = uart.read()
+    assert first is not None and first.count(b"$GNRMC") == 1
+    uart.advance(T0 + 2.5)
+    lines = []
+    while (line := uart.readline()) is not None:
+        lines.append(line)
+    assert sum(line.startswith(b"$GNRMC") for line in lines) == 2
+    assert all(line.endswith(b"\r\n") for line in lines)
+
+
+def test_uart_overflow_drops_and_counts_like_a_real_rx_buffer() -> None:
+    rx = GnssReceiver(make_route("foot", 1), 1, route_start=T0)
+    uart = GnssUart(rx, rxbuf=256)
+    uart.advance(T0)
+    uart.advance(T0 + 3)
+    assert uart.any() == 256 and uart.overflow_bytes > 0
+
+
+def test_uart_delivers_nothing_while_powered_off() -> None:
+    rx = GnssReceiver(make_route("foot", 1), 1, route_start=T0)
+    uart = GnssUart(rx)
+    uart.powered = False
+    uart.advance(T0 + 3)
+    assert uart.any() == 0 and uart.read() is None
