@@ -184,6 +184,10 @@ class _JsonLines:
 class ProducedLog(_JsonLines):
     """What the devices produced. ``record`` is called when a device creates a record.
 
+    ``produced_at`` is the host's wall clock (``time.time()``) at creation, not
+    the device's own clock, which a fault may have skewed: latencies are
+    measured against it.
+
     With a ``path`` the entries go to an append-only JSON-lines file (several
     processes may append to their own files; ``load_produced`` reads many).
     With ``keep=True`` (the default without a path) they are also kept in

@@ -264,7 +264,9 @@ class GnssReceiver:
         ttff = {"cold": cfg.cold_start_s, "warm": cfg.warm_start_s,
                 "hot": cfg.hot_start_s}[start]
         self._fix_after = now + rng.uniform(*ttff)
-        self._time_known_at = now + (rng.uniform(*cfg.time_unknown_s) if start == "cold" else 0)
+        # time is known from the first satellite's navigation message, never after the fix
+        self._time_known_at = min(self._fix_after, now + (
+            rng.uniform(*cfg.time_unknown_s) if start == "cold" else 0))
         self._garbage_pending = cfg.power_on_garbage
         self._was_indoors = False
         self._last_now = None

@@ -193,7 +193,7 @@ class _Timeline:
         self.t += duration_s
 
 
-def _grid_loop(rng: random.Random, block_m: float, half_extent_blocks: int,
+def _grid_loop(rng: random.Random, half_extent_blocks: int,
                n_waypoints: int) -> list[tuple[int, int]]:
     """A closed walk over grid nodes: start, n_waypoints random nodes, back to start."""
     def node() -> tuple[int, int]:
@@ -216,7 +216,7 @@ def foot_patrol(seed: int, n_waypoints: int = 10, block_m: float = 150.0,
                 half_extent_blocks: int = 6) -> Route:
     """A foot patrol loop within ~1.3 km of the centre, 1.2–1.6 m/s."""
     rng = random.Random("foot:%d" % seed)
-    nodes = _grid_loop(rng, block_m, half_extent_blocks, n_waypoints)
+    nodes = _grid_loop(rng, half_extent_blocks, n_waypoints)
     tl = _Timeline(nodes[0][0] * block_m, nodes[0][1] * block_m)
     for gx, gy in nodes[1:]:
         speed = rng.uniform(1.2, 1.6)
@@ -235,7 +235,7 @@ def vehicle_patrol(seed: int, n_waypoints: int = 14, block_m: float = 300.0,
                    half_extent_blocks: int = 10) -> Route:
     """A vehicle patrol loop within ~4.3 km of the centre, 8–15 m/s, with stops."""
     rng = random.Random("vehicle:%d" % seed)
-    nodes = _grid_loop(rng, block_m, half_extent_blocks, n_waypoints)
+    nodes = _grid_loop(rng, half_extent_blocks, n_waypoints)
     tl = _Timeline(nodes[0][0] * block_m, nodes[0][1] * block_m)
     for gx, gy in nodes[1:]:
         x_first = rng.random() < 0.5

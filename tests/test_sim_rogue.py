@@ -149,7 +149,8 @@ class _Sink:
 
 
 @pytest.mark.broker
-def test_every_attack_reaches_the_broker_and_is_logged(broker: Any) -> None:
+def test_every_attack_reaches_the_broker_and_is_logged(fresh_broker: Any) -> None:
+    broker = fresh_broker
     sink = _Sink(broker.port)
     log = AttackLog()
     cfg = RogueConfig(port=broker.port, client_id="rogue-%d" % time.monotonic_ns(),
@@ -202,7 +203,8 @@ def test_the_flood_keeps_to_its_rate(broker: Any) -> None:
 
 
 @pytest.mark.broker
-def test_sniffing_captures_legit_device_messages(broker: Any) -> None:
+def test_sniffing_captures_legit_device_messages(fresh_broker: Any) -> None:
+    broker = fresh_broker
     cfg = RogueConfig(port=broker.port, client_id="rogue-s%d" % time.monotonic_ns())
     msgs = legit(3, "rec-0042")
     pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="dev-%d" % time.monotonic_ns())
