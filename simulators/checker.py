@@ -42,9 +42,11 @@ Definitions used in the report:
   alarm, since a last will on the status lane is signed before, and
   published after, the online status by design.
 * **attacks forwarded** — upstream records (every copy) that are an attack:
-  (device, sha256(envelope)) matches an attack log entry (for ``legit_copy``
-  entries, every copy beyond the one legitimate record), or the id matches no
-  produced record, or the envelope differs from the produced ``sha256``.
+  (device, sha256(envelope)) matches an attack log entry (for entries that
+  are byte copies of a legitimate message — ``legit_copy``, or equal to a
+  produced ``sha256`` — every copy beyond the one legitimate record), or the
+  id matches no produced record, or the envelope differs from the produced
+  ``sha256``.
 * **unverified** — envelopes that fail end-to-end verification with
   ``protocol.verify`` (with a keys file), or do not decode, or whose header
   disagrees with the record's fields.
@@ -638,10 +640,13 @@ class UpstreamTally:
                            if lane != LANE_NAMES[LANE_STATUS])
 
         # attacks forwarded
-        hostile: dict[tuple[str | None, str], bool] = {}   # key -> only legit copies?
+        # key -> True when every attack with it is a byte copy of a legitimate message
+        # (flagged by the attacker, or equal to an envelope a device produced)
+        legit_shas = {p.sha256 for p in produced if p.sha256 is not None}
+        hostile: dict[tuple[str | None, str], bool] = {}
         for a in attacks:
             k = (a.device, a.sha256)
-            hostile[k] = hostile.get(k, True) and a.legit_copy
+            hostile[k] = hostile.get(k, True) and (a.legit_copy or a.sha256 in legit_shas)
         seen_key: Counter[tuple[str | None, str]] = Counter()
         attack_reasons: Counter[str] = Counter()
         attacks_forwarded = 0

@@ -219,12 +219,15 @@ class AttackFactory:
         if self.big_payload:
             yield Attack("malformed", gps, self.rng.randbytes(self.big_payload),
                          note="%d bytes" % self.big_payload)
+        # a legitimate payload on a topic that must be refused is a copy of a legit message
+        copy = bool(self.legit)
         for topic in ("ft/v1/x/gps", "ft/v1/%s/nope" % dev, "ft/v1/%s/gps/extra" % dev,
                       "ft/v1//gps", "ft/v1/%s/gps" % ("A" * 40), "ft/v2/%s/gps" % dev,
                       "ft/v1/%s/cmd" % dev, "ft/v1/$%s/gps" % dev, "ft/v1/%s /gps" % dev):
-            yield Attack("malformed", topic, base, note="bad topic")
+            yield Attack("malformed", topic, base, legit_copy=copy, note="bad topic")
         for topic in ("ft/v1/a+b/gps", "ft/v1/+/gps", "ft/v1/%s/#" % dev):
-            yield Attack("malformed", topic, base, raw=True, note="wildcard topic, raw socket")
+            yield Attack("malformed", topic, base, legit_copy=copy, raw=True,
+                         note="wildcard topic, raw socket")
 
     def flood(self, n: int, now: float) -> Iterator[Attack]:
         for i in range(n):

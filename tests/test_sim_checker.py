@@ -357,3 +357,13 @@ def test_an_overflowing_in_memory_produced_log_refuses_to_report() -> None:
     assert log.overflow == 1
     with pytest.raises(CheckerError, match="overflowed"):
         log.snapshot()
+
+
+def test_an_attack_reusing_a_produced_envelope_is_not_blamed_on_the_original() -> None:
+    legit = envelope(*GPS3[0])
+    log = ProducedLog()
+    log.record("rec-0001", "gps", 1, 1, T0, envelope=legit)
+    attacks = AttackLog()
+    attacks.record("malformed", "ft/v1/rec-0001/gps/extra", legit, T0)   # not flagged a copy
+    r = tally_of(batch("telemetry", rec(*GPS3[0]))).report(*log.snapshot(), attacks.snapshot())
+    assert r.attacks_forwarded == 0 and r.ok

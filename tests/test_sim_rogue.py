@@ -226,3 +226,9 @@ def test_sniffing_captures_legit_device_messages(fresh_broker: Any) -> None:
     pub.disconnect()
     pub.loop_stop()
     assert got == msgs
+
+
+def test_legit_payloads_on_bad_topics_are_logged_as_copies() -> None:
+    payloads = {c.payload for c in legit()}
+    for a in factory().malformed(NOW):
+        assert a.legit_copy == (a.payload in payloads)
