@@ -159,7 +159,10 @@ def _add_gnss(sub: argparse._SubParsersAction) -> None:
                    help="time to first fix, seconds (default 20-40)")
     p.add_argument("--corrupt-rate", type=_bounded_float(0, 1, "corrupt rate"), default=0.0,
                    help="probability of a bit error per sentence")
-    p.add_argument("--no-garbage", action="store_true", help="no power-on garbage bytes")
+    p.add_argument("--garbage-rate", type=_bounded_float(0, 1, "garbage rate"), default=0.005,
+                   help="probability per second of stray bytes between sentences")
+    p.add_argument("--no-garbage", action="store_true",
+                   help="no garbage bytes at all (power-on or between sentences)")
     p.set_defaults(func=cmd_gnss)
 
 
@@ -170,7 +173,8 @@ def cmd_gnss(a: argparse.Namespace) -> int:
     tod = a.time_of_day if a.time_of_day is not None else (start + LOCAL_UTC_OFFSET_S) % DAY_S
     route = make_route(a.route, a.seed, tod)
     cfg = GnssConfig(talker=a.talker, beidou_talker=a.beidou_talker, cold_start_s=a.cold_start,
-                     corrupt_rate=a.corrupt_rate, power_on_garbage=not a.no_garbage)
+                     corrupt_rate=a.corrupt_rate, power_on_garbage=not a.no_garbage,
+                     garbage_rate=0.0 if a.no_garbage else a.garbage_rate)
     rx = GnssReceiver(route, a.seed, cfg, route_start=start)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -19,7 +19,9 @@ Imperfection, modelled on the captures in ``/work/shared/data/nmea``:
   changing sky openness (urban canyons), HDOP following the used count;
 * a horizontal error of a few metres that wanders slowly, plus speed and
   course noise; course left empty when standing still (as u-blox does);
-* optional bit errors on the line (a sentence with a bad checksum).
+* now and then a few stray bytes between sentences (``garbage_rate`` per
+  second), and optional bit errors on the line (a sentence with a bad
+  checksum, ``corrupt_rate`` per sentence).
 
 Talker modes: ``GN`` (combined GPS + BeiDou: ``GNRMC``/``GNGGA``, ``GPGSA`` +
 ``BDGSA``, ``GPGSV`` + ``BDGSV``), ``GP`` (GPS only) and ``BD`` (BeiDou only,
@@ -71,6 +73,7 @@ class GnssConfig:
     gsv_period_s: int = 5
     proprietary_period_s: int = 10
     corrupt_rate: float = 0.0
+    garbage_rate: float = 0.005
     power_on_garbage: bool = True
     noise_m: float = 2.0
 
@@ -92,6 +95,8 @@ class GnssConfig:
             raise ValueError("proprietary_period_s must be 0 (never) .. 3600")
         if not 0.0 <= self.corrupt_rate <= 1.0:
             raise ValueError("corrupt_rate must be within [0, 1]")
+        if not 0.0 <= self.garbage_rate <= 1.0:
+            raise ValueError("garbage_rate must be within [0, 1]")
         if not 0.0 <= self.noise_m <= 100.0:
             raise ValueError("noise_m must be within [0, 100]")
 
@@ -251,6 +256,7 @@ class GnssReceiver:
         self._sky_now: tuple[tuple[Satellite, ...], tuple[Satellite, ...]] = ((), ())
         self.epochs = 0
         self.corrupted = 0
+        self.garbage_bursts = 0
 
     # -- power -------------------------------------------------------------
 
@@ -434,7 +440,8 @@ class GnssReceiver:
     def sentences(self, now: float) -> list[bytes]:
         """What the receiver sends in the second starting at ``now``, line noise included.
 
-        The first chunk after power-on may be garbage without a ``$``; with
+        The first chunk after power-on may be garbage without a ``$``, and with
+        ``garbage_rate`` a few stray bytes may sit between two sentences; with
         ``corrupt_rate`` some sentences carry a flipped bit (bad checksum).
         """
         out = self.nmea(self.epoch(now))
@@ -446,6 +453,10 @@ class GnssReceiver:
         if self._garbage_pending:
             self._garbage_pending = False
             out.insert(0, power_on_garbage(self._rng))
+        elif self.config.garbage_rate > 0 and self._rng.random() < self.config.garbage_rate:
+            # line noise between two sentences: a few stray bytes, no '$', CR or LF
+            out.insert(self._rng.randrange(len(out) + 1), power_on_garbage(self._rng, 6))
+            self.garbage_bursts += 1
         return out
 
     def read(self, now: float) -> bytes:

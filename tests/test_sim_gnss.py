@@ -70,7 +70,7 @@ def test_first_output_starts_with_power_on_garbage() -> None:
 
 
 def test_no_garbage_when_disabled() -> None:
-    _, epochs = run(n=1, power_on_garbage=False)
+    _, epochs = run(n=1, power_on_garbage=False, garbage_rate=0.0)
     assert epochs[0].startswith(b"$")
 
 
@@ -314,3 +314,12 @@ def test_uart_delivers_nothing_while_powered_off() -> None:
     uart.powered = False
     uart.advance(T0 + 3)
     assert uart.any() == 0 and uart.read() is None
+
+
+def test_stray_bytes_between_sentences_leave_every_sentence_readable() -> None:
+    rx, epochs = run(n=60, garbage_rate=0.5)
+    assert rx.garbage_bursts > 10
+    for e in epochs:
+        assert len(parse(e)) == e.count(b"\r\n")
+    assert sum(len(e) for e in epochs) > sum(len(m.group(0)) for e in epochs
+                                             for m in SENTENCE.finditer(e))
