@@ -34,10 +34,12 @@ port or pseudo-terminal in real time (``python -m simulators gnss``).
 
 from __future__ import annotations
 
+import fcntl
 import math
 import os
 import random
 import select
+import struct
 import termios
 import threading
 import time
@@ -619,7 +621,20 @@ class FdSink:
                 break
         return done
 
-    def close(self) -> None:
+    def close(self, drain_s: float = 1.0) -> None:
+        """Close, first giving a reader up to ``drain_s`` to take what is still queued
+        (bytes unread on a pty slave are discarded when the master closes)."""
+        deadline = time.monotonic() + drain_s
+        for fd in self._close_fds:
+            while time.monotonic() < deadline:
+                try:
+                    pending = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD,
+                                                             b"\0\0\0\0"))[0]
+                except OSError:
+                    break
+                if pending == 0:
+                    break
+                time.sleep(0.01)
         for fd in (self.fd, *self._close_fds):
             try:
                 os.close(fd)
