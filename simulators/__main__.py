@@ -268,7 +268,10 @@ def cmd_check(a: argparse.Namespace) -> int:
         else:
             checker.start()
             try:
-                checker.wait_idle(a.idle, a.duration, a.min_messages)
+                if not checker.wait_idle(a.idle, a.duration, a.min_messages):
+                    print("check: still receiving, or fewer than %d messages, after %g s; "
+                          "reporting what arrived" % (a.min_messages, a.duration),
+                          file=sys.stderr)
             except KeyboardInterrupt:
                 pass
             finally:
