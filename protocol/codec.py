@@ -243,7 +243,7 @@ def _unpack_position(mv, off, out):
 def _body_gps(mv, n):
     if n != POS_LEN:
         raise DecodeError(LENGTH_INVALID, "gps body %d" % n)
-    out = {}
+    out = {}  # type: dict
     _unpack_position(mv, HEADER_LEN, out)
     return out
 

@@ -15,7 +15,7 @@ _BLOCK = 64
 try:
     import hmac as _std_hmac
 except ImportError:  # MicroPython
-    _std_hmac = None
+    _std_hmac = None  # type: ignore[assignment]
 
 
 class Mac:
