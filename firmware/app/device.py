@@ -1,0 +1,434 @@
+"""The device: a non-blocking state machine over a board.
+
+``Device(board).poll(now_ms)`` does a bounded amount of work and returns
+how many ms it would like to sleep; the unix main loop waits that long (or
+less) on the UART, socket and control channel, the fleet simulator steps
+thousands of devices in one process the same way. Tasks, in each poll:
+
+- gnss: bytes from the UART into the NMEA parser, clock set from GNSS;
+- inputs: buttons, strap, recording, battery, storage -> alarms (subclass);
+- sampler: the current fix, if due, becomes a signed record;
+- heartbeat: every ``hb_interval_s``;
+- net: link and MQTT session (backoff with jitter), outbox -> broker,
+  PUBACKs -> outbox, downlink commands -> acks;
+- store: outbox flush timer, cursor saves.
+
+Each task checks in with the TaskMonitor after a step that did not raise;
+the watchdog is fed only when all did. An exception in a task is logged
+with its reason and the device keeps running.
+
+Recorder and Wristband (recorder.py, wristband.py) add their inputs and
+heartbeat fields. A missing or malformed config or key puts the device in
+safe idle: no radio, no records, the watchdog fed, the reason logged every
+minute, the config re-read every minute (so provisioning fixes it in place).
+"""
+
+import gc
+
+from protocol import codec
+from protocol.auth import Signer
+from protocol.codec import ALARM_CODES, MAX_ENVELOPE
+from protocol.topics import (
+    KIND_ACK, KIND_ALARM, KIND_CMD, KIND_GPS, KIND_HB, KIND_STATUS, topic_for,
+)
+
+from firmware.app import FW_VERSION
+from firmware.app.commands import FAILED, OK, UNSUPPORTED, CommandGate, plan_set_params
+from firmware.app.compat import mem_free, ticks_add, ticks_diff
+from firmware.app.config import ConfigError, load_config, load_key, save_params
+from firmware.app.mqtt import IDLE, MqttClient
+from firmware.app.nmea import NmeaParser
+from firmware.app.outbox import Outbox
+from firmware.app.sampler import Sampler
+from firmware.app.state import CommandWindow, RecordCounter
+from firmware.app.watchdog import TaskMonitor
+
+TASKS = ("gnss", "inputs", "sampler", "net", "store")
+WATCHDOG_MS = 30000
+FIX_FRESH_MS = 3000         # a fix older than this is not sampled
+ALARM_FIX_MAX_AGE_S = 600   # an alarm carries the last fix up to this old
+IDLE_RETRY_MS = 60000
+_UART_CHUNK = 256
+_ACK_QUEUE = 4              # acks waiting for the link; oldest dropped, counted
+
+
+class Device:
+    device_class = 0
+
+    def __init__(self, board, now_ms):
+        self.board = board
+        self.log = board.log
+        self.idle_reason = None
+        self._idle_next = now_ms
+        self.reboot_at = None
+        try:
+            self.cfg = load_config(board.store)
+            self.key = load_key(board.store)
+        except ConfigError as e:
+            self._enter_idle(e, now_ms)
+            return
+        self._setup(now_ms)
+
+    def _enter_idle(self, err, now_ms):
+        self.idle_reason = str(err)
+        self.log("E config: %s; safe idle" % self.idle_reason)
+        self._idle_next = ticks_add(now_ms, IDLE_RETRY_MS)
+
+    def _setup(self, now_ms):
+        cfg = self.cfg
+        b = self.board
+        self.params = cfg.params
+        self.counter = RecordCounter(b.store)
+        self.counter.boot()                  # before the first record is signed
+        self.signer = Signer(cfg.device_id, self.key, cfg.key_id)
+        self.gate = CommandGate(cfg.device_id, self.key, cfg.key_id, CommandWindow(b.store))
+        ob = cfg.outbox
+        self.outbox = Outbox(b.store, ob["max_records"], ob["segment_records"],
+                             ob["flush_records"], ob["flush_age_s"], ob["cursor_save_s"])
+        self.outbox.load()
+        self.nmea = NmeaParser()
+        self.sampler = Sampler(self.params)
+        mq = cfg.mqtt
+        self.mqtt = MqttClient(cfg.device_id, mq["keepalive_s"], mq["max_inflight"],
+                               mq["io_timeout_s"])
+        self.mqtt.on_connected = self._on_connected
+        self.mqtt.on_puback = self._on_puback
+        self.mqtt.on_message = self._on_message
+        self.mqtt.on_closed = self._on_closed
+        self.topics = {}
+        for k in (KIND_GPS, KIND_HB, KIND_ALARM, KIND_STATUS, KIND_ACK, KIND_CMD):
+            self.topics[k] = topic_for(cfg.device_id, k).encode()
+        self._cmd_topic = self.topics[KIND_CMD].decode()
+        self.monitor = TaskMonitor(TASKS, WATCHDOG_MS)
+        self._env = bytearray(MAX_ENVELOPE)      # the one envelope buffer
+        self._env_mv = memoryview(self._env)
+        self._send = bytearray(MAX_ENVELOPE + 8)
+        self._uart_buf = bytearray(_UART_CHUNK)
+        self._hb = {"device_class": self.device_class, "fw_major": FW_VERSION[0],
+                    "fw_minor": FW_VERSION[1], "fw_patch": FW_VERSION[2]}
+        self._acks = []
+        self.acks_dropped = 0
+        self.reset_cause = b.reset_cause()
+        self.boot_ms = now_ms
+        self._fix_seen = 0
+        self._fix_ms = None
+        self._utc_seen = 0
+        self._force_fix = True               # first fix after boot goes out
+        self._hb_next = now_ms
+        self._sample_next = now_ms
+        self._net_next = now_ms
+        self._backoff_ms = 0
+        self._fails = 0
+        self.alarm_active = False
+        self.records = 0
+        self.errors = 0
+        self.init_inputs(now_ms)
+        b.watchdog.start(WATCHDOG_MS)
+        self.log("I boot %s %s epoch %d reset %d outbox %d" % (
+            cfg.kind, cfg.device_id, self.counter.epoch, self.reset_cause, self.outbox.depth))
+
+    # ---- subclass hooks ----
+
+    def init_inputs(self, now_ms):
+        pass
+
+    def check_inputs(self, now_ms):
+        pass
+
+    def hb_fields(self, hb):
+        pass
+
+    # ---- the step ----
+
+    def poll(self, now_ms):
+        """Do what is due; returns ms until the next call is wanted."""
+        if self.idle_reason is not None:
+            return self._poll_idle(now_ms)
+        self._task("gnss", self._gnss, now_ms)
+        self._task("inputs", self.check_inputs, now_ms)
+        self._task("sampler", self._sample, now_ms)
+        self._task("net", self._net, now_ms)
+        self._task("store", self._store, now_ms)
+        self.monitor.feed_if_alive(self.board.watchdog, now_ms)
+        if self.reboot_at is not None and ticks_diff(now_ms, self.reboot_at) >= 0:
+            self.shutdown("reboot command")
+            self.board.reboot()
+        if self.mqtt.connected and (self.outbox.alarm.pending_send()
+                                    or self.outbox.tele.pending_send()):
+            if self.mqtt.can_publish(60):
+                return 5
+            return 20
+        return 200 if self.mqtt.state != IDLE else 500
+
+    def _task(self, name, fn, now_ms):
+        try:
+            fn(now_ms)
+            self.monitor.checkin(name, now_ms)
+        except MemoryError:
+            gc.collect()
+            self.errors += 1
+            self.log("E %s: out of memory" % name)
+        except Exception as e:  # noqa: BLE001 - a task must never stop the device
+            self.errors += 1
+            self.log("E %s: %s %s" % (name, type(e).__name__, e))
+
+    def _poll_idle(self, now_ms):
+        self.board.watchdog.feed()
+        if ticks_diff(now_ms, self._idle_next) >= 0:
+            try:
+                self.cfg = load_config(self.board.store)
+                self.key = load_key(self.board.store)
+            except ConfigError as e:
+                self._enter_idle(e, now_ms)
+                return 1000
+            self.idle_reason = None
+            self.log("I config now valid, leaving safe idle")
+            self._setup(now_ms)
+        return 1000
+
+    # ---- gnss and sampling ----
+
+    def _gnss(self, now_ms):
+        uart = self.board.uart
+        for _ in range(8):
+            n = uart.readinto(self._uart_buf)
+            if not n:
+                break
+            self.nmea.feed(self._uart_buf, n)
+        p = self.nmea
+        if p.fix_updates != self._fix_seen:
+            self._fix_seen = p.fix_updates
+            self._fix_ms = now_ms
+        if p.utc_updates != self._utc_seen and p.has_fix:
+            self._utc_seen = p.utc_updates
+            clock = self.board.clock
+            if not clock.synced or abs(clock.time() - p.utc_s) > 2:
+                clock.set_time(p.utc_s)
+
+    def fix_age_s(self, now_ms):
+        if self._fix_ms is None:
+            return -1
+        return ticks_diff(now_ms, self._fix_ms) // 1000
+
+    def _sample(self, now_ms):
+        if ticks_diff(now_ms, self._sample_next) >= 0:
+            self._sample_next = ticks_add(now_ms, 1000)
+            p = self.nmea
+            fresh = (p.has_fix and self._fix_ms is not None
+                     and ticks_diff(now_ms, self._fix_ms) <= FIX_FRESH_MS)
+            if fresh and self.sampler.due(now_ms, p.lat_e7, p.lon_e7, p.speed_cms,
+                                          p.course_cdeg, self.alarm_active, self._force_fix):
+                self._force_fix = False
+                self.sampler.taken(now_ms, p.lat_e7, p.lon_e7, p.course_cdeg)
+                self._capture_fix(now_ms)
+        if ticks_diff(now_ms, self._hb_next) >= 0:
+            self._hb_next = ticks_add(now_ms, self.params["hb_interval_s"] * 1000)
+            self._capture_hb(now_ms)
+
+    # ---- records ----
+
+    def _header(self, kind, now_ms):
+        clock = self.board.clock
+        flags = codec.make_flags(self.cfg.key_id, not self.mqtt.connected, not clock.synced)
+        seq = self.counter.next_seq()
+        return codec.pack_header(self._env, kind, flags, self.counter.epoch, seq, clock.time())
+
+    def _pack_fix(self, off, now_ms):
+        p = self.nmea
+        return codec.pack_position(self._env, off, p.lat_e7, p.lon_e7, p.alt_m, p.speed_cms,
+                                   p.course_cdeg, p.hdop_x10, p.fix_type(), p.sats,
+                                   p.gnss_mask(), self.fix_age_s(now_ms))
+
+    def _queue(self, kind, n, is_alarm, now_ms):
+        n = self.signer.sign_into(self._env, n, kind)
+        self.outbox.append(is_alarm, self._env_mv, n, now_ms)
+        self.records += 1
+
+    def _capture_fix(self, now_ms):
+        n = self._header(KIND_GPS, now_ms)
+        n = self._pack_fix(n, now_ms)
+        self._queue(KIND_GPS, n, False, now_ms)
+
+    def _capture_hb(self, now_ms):
+        hb = self._hb
+        b = self.board
+        hb["battery_pct"] = b.battery.percent()
+        hb["power"] = (codec.POWER_CHARGING if b.battery.charging() else 0) | (
+            codec.POWER_EXTERNAL if b.battery.external() else 0)
+        hb["signal_dbm"] = b.link.signal_dbm()
+        hb["outbox_depth"] = self.outbox.depth
+        hb["outbox_drops"] = self.outbox.drops
+        hb["free_heap"] = mem_free()
+        hb["reset_cause"] = self.reset_cause
+        hb["uptime_s"] = ticks_diff(now_ms, self.boot_ms) // 1000
+        hb["hb_interval_s"] = self.params["hb_interval_s"]
+        self.hb_fields(hb)
+        n = self._header(KIND_HB, now_ms)
+        n = codec.pack_heartbeat(self._env, n, hb)
+        self._queue(KIND_HB, n, False, now_ms)
+
+    def raise_alarm(self, name, value, now_ms, active=None):
+        """Sign an alarm record now (flushed to flash at once)."""
+        if active is not None:
+            self.alarm_active = active
+        age = self.fix_age_s(now_ms)
+        has_pos = self._fix_ms is not None and 0 <= age <= ALARM_FIX_MAX_AGE_S
+        n = self._header(KIND_ALARM, now_ms)
+        n = codec.pack_alarm_head(self._env, n, ALARM_CODES[name], value, has_pos)
+        if has_pos:
+            n = self._pack_fix(n, now_ms)
+        else:
+            n = codec.pack_no_position(self._env, n)
+        self._queue(KIND_ALARM, n, True, now_ms)
+        self.log("I alarm %s %d" % (name, value))
+
+    def _signed_now(self, kind, now_ms, body):
+        """A record that is published live, not kept on flash (status, ack)."""
+        n = self._header(kind, now_ms)
+        n = body(n)
+        n = self.signer.sign_into(self._env, n, kind)
+        return bytes(self._env_mv[:n])
+
+    def _status(self, state, now_ms):
+        return self._signed_now(KIND_STATUS, now_ms, lambda n: codec.pack_status(
+            self._env, n, state, self.device_class, self.params["hb_interval_s"]))
+
+    # ---- network ----
+
+    def _net(self, now_ms):
+        m = self.mqtt
+        link = self.board.link
+        if m.state == IDLE:
+            if not link.up() or ticks_diff(now_ms, self._net_next) < 0:
+                return
+            self._net_next = ticks_add(now_ms, 1000)
+            cfg = self.cfg
+            try:
+                transport = link.open(cfg.host, cfg.port, cfg.tls,
+                                      cfg.mqtt["io_timeout_s"] * 1000)
+            except OSError as e:
+                self._backoff(now_ms, "connect: %s" % e)
+                return
+            will = self._status(0, now_ms)          # 'offline', signed at connect time
+            m.start(transport, now_ms, self.topics[KIND_STATUS], will)
+        elif not link.up():
+            m.close("link down")
+            return
+        m.poll(now_ms)
+        if m.connected:
+            self._send_pending()
+            m.poll(now_ms)
+
+    def _on_connected(self):
+        now_ms = self.board.clock.ticks_ms()
+        self._fails = 0
+        self._backoff_ms = 0
+        self.mqtt.subscribe(self.topics[KIND_CMD], 1)
+        birth = self._status(1, now_ms)
+        self.mqtt.publish(self.topics[KIND_STATUS], birth, len(birth), -1, 1, True)
+        self.outbox.rewind()                        # resend whatever was unacked
+        self.log("I connected, outbox %d" % self.outbox.depth)
+
+    def _on_closed(self, reason):
+        self.outbox.rewind()
+        self._backoff(self.board.clock.ticks_ms(), reason)
+
+    def _backoff(self, now_ms, reason):
+        """Exponential backoff with jitter before the next connect attempt."""
+        self._fails += 1
+        cap = self.cfg.mqtt["backoff_max_s"] * 1000
+        base = self.cfg.mqtt["backoff_min_ms"]
+        delay = base << min(self._fails - 1, 16)
+        if delay > cap:
+            delay = cap
+        # jitter 0.5x .. 1.5x so a fleet does not reconnect in lockstep
+        delay = delay * (128 + self.board.random8()) // 256
+        self._net_next = ticks_add(now_ms, delay)
+        self.log("W disconnected: %s; retry in %d ms" % (reason, delay))
+
+    def _on_puback(self, tag):
+        if tag is None or tag < 0:
+            return
+        lane = self.outbox.alarm if tag & 1 else self.outbox.tele
+        lane.acked(tag >> 1)
+
+    def _send_pending(self):
+        m = self.mqtt
+        while self._acks and m.can_publish(40):
+            rec = self._acks.pop(0)
+            m.publish(self.topics[KIND_ACK], rec, len(rec), -1)
+        buf = self._send
+        for is_alarm in (1, 0):
+            lane = self.outbox.alarm if is_alarm else self.outbox.tele
+            while m.can_publish(MAX_ENVELOPE):
+                n = lane.next_record(buf)
+                if not n:
+                    break
+                kind = buf[0] & 0x0F
+                m.publish(self.topics[kind], buf, n, (lane.ticket << 1) | is_alarm)
+
+    # ---- commands ----
+
+    def _on_message(self, topic_mv, payload_mv):
+        try:
+            topic = bytes(topic_mv).decode()
+        except UnicodeError:
+            topic = "?"
+        if topic != self._cmd_topic:
+            self.log("W message on unexpected topic %s" % topic[:40])
+            return
+        clock = self.board.clock
+        env = self.gate.check(topic, bytes(payload_mv), clock.time(), clock.synced)
+        if env is None:
+            self.log("W command refused: %s" % self.gate.last_reason)
+            return
+        result = self._execute(env.body)
+        self.log("I command %s %d.%d -> %d" % (env.body["action"], env.epoch, env.seq, result))
+        now_ms = clock.ticks_ms()
+        rec = self._signed_now(KIND_ACK, now_ms, lambda n: codec.pack_ack(
+            self._env, n, env.epoch, env.seq, result))
+        if len(self._acks) >= _ACK_QUEUE:
+            self._acks.pop(0)
+            self.acks_dropped += 1
+        self._acks.append(rec)
+
+    def _execute(self, body):
+        action = body["action"]
+        now_ms = self.board.clock.ticks_ms()
+        if action == "set_params":
+            result, new = plan_set_params(self.params, body["params"])
+            if new is not None:
+                for k in new:
+                    self.params[k] = new[k]       # the sampler shares this dict
+                try:
+                    save_params(self.board.store, self.params)
+                except OSError:
+                    return FAILED
+                self._hb_next = ticks_add(now_ms, self.params["hb_interval_s"] * 1000)
+            return result
+        if action == "locate_now":
+            self._force_fix = True
+            self._sample_next = now_ms
+            return OK
+        if action == "reboot":
+            self.reboot_at = ticks_add(now_ms, 2000)   # time for the ack to go out
+            return OK
+        if action == "clear_alarm":
+            if self.alarm_active:
+                self.raise_alarm("alarm_cleared", 0, now_ms, active=False)
+            return OK
+        return UNSUPPORTED
+
+    # ---- store ----
+
+    def _store(self, now_ms):
+        self.outbox.poll(now_ms)
+
+    def shutdown(self, why):
+        """Before a planned reboot or power off: RAM tail to flash."""
+        self.log("I shutdown: %s" % why)
+        try:
+            self.outbox.sync()
+        except OSError as e:
+            self.log("E shutdown sync: %s" % e)
+        self.mqtt.disconnect()

@@ -1,0 +1,106 @@
+"""Persistent device state: the record counter and the command window.
+
+Record numbering. Every record the device signs carries (boot epoch, seq)
+from one counter. The epoch is bumped and written to flash at every boot
+*before* the first record is signed, and seq restarts at 0; seq never
+wraps (at 2**32 - 1 the epoch is bumped again). So whatever a crash or a
+power cut loses, a number is never signed twice under the same key: after
+a reboot every number is in a newer epoch. That is the skip-ahead of the
+issue with a chunk of a whole epoch, and it costs two small writes per boot
+instead of one write every N records.
+
+The epoch lives in two slots, ``epoch.0`` and ``epoch.1``, each
+(generation u32, epoch u32, crc32 u32), written alternately: a torn write
+can only damage the slot being written, and the other one still holds the
+previous epoch (which the new boot bumps past again).
+"""
+
+import struct
+
+import binascii
+
+from protocol.replay import ReplayWindow
+
+_SLOT = ">III"
+SEQ_LIMIT = 0xFFFFFFFF
+
+
+def _crc(data):
+    return binascii.crc32(data) & 0xFFFFFFFF
+
+
+class StateError(Exception):
+    pass
+
+
+class RecordCounter:
+    """(epoch, seq) for the records this device signs."""
+
+    def __init__(self, store):
+        self._store = store
+        self.generation = 0
+        self.epoch = 0
+        self.seq = 0
+        self._slot = 0
+
+    def _read_slot(self, i):
+        data = self._store.read("epoch.%d" % i, 64)
+        if data is None or len(data) != 12:
+            return None
+        gen, epoch, crc = struct.unpack(_SLOT, data)
+        if _crc(data[:8]) != crc:
+            return None
+        return gen, epoch
+
+    def boot(self):
+        """Bump the epoch durably; call before signing anything."""
+        best = None
+        for i in (0, 1):
+            slot = self._read_slot(i)
+            if slot is not None and (best is None or slot[0] > best[0]):
+                best = slot
+                self._slot = i
+        if best is not None:
+            self.generation, self.epoch = best
+        self._bump()
+
+    def _bump(self):
+        if self.epoch >= SEQ_LIMIT:
+            raise StateError("epoch space exhausted: provision a new key")
+        self.generation += 1
+        self.epoch += 1
+        self.seq = 0
+        self._slot ^= 1
+        head = struct.pack(">II", self.generation, self.epoch)
+        self._store.write_atomic("epoch.%d" % self._slot,
+                                 head + struct.pack(">I", _crc(head)))
+        got = self._read_slot(self._slot)
+        if got is None or got[1] != self.epoch:
+            raise StateError("epoch slot did not read back")
+
+    def next_seq(self):
+        """The seq for the next record (in ``self.epoch``)."""
+        if self.seq >= SEQ_LIMIT:
+            self._bump()
+        s = self.seq
+        self.seq = s + 1
+        return s
+
+
+class CommandWindow:
+    """The replay window of the command lane, saved after every command."""
+
+    NAME = "cmdwin"
+
+    def __init__(self, store):
+        self._store = store
+        self.window = ReplayWindow()
+        data = store.read(self.NAME, 64)
+        if data and len(data) == 28 and _crc(data[:24]) == struct.unpack(">I", data[24:])[0]:
+            self.window = ReplayWindow.from_bytes(data[:24])
+
+    def save(self, window):
+        self.window = window
+        raw = window.to_bytes()
+        if raw:
+            self._store.write_atomic(self.NAME, raw + struct.pack(">I", _crc(raw)))
