@@ -188,4 +188,4 @@ def load_key(store):
 
 
 def save_params(store, params):
-    store.write_atomic(PARAMS_FILE, json.dumps(params))
+    store.write_atomic(PARAMS_FILE, json.dumps(params).encode())

@@ -181,9 +181,9 @@ class Device:
             except ConfigError as e:
                 self._enter_idle(e, now_ms)
                 return 1000
-            self.idle_reason = None
-            self.log("I config now valid, leaving safe idle")
-            self._setup(now_ms)
+            # reboot so that the device class matches the new config
+            self.log("I config now valid, rebooting out of safe idle")
+            self.board.reboot()
         return 1000
 
     # ---- gnss and sampling ----
@@ -382,7 +382,11 @@ class Device:
         if env is None:
             self.log("W command refused: %s" % self.gate.last_reason)
             return
-        result = self._execute(env.body)
+        try:
+            result = self._execute(env.body)
+        except Exception as e:  # noqa: BLE001 - a bad command must not stop the device
+            self.log("E command %s: %s" % (env.body["action"], e))
+            result = FAILED
         self.log("I command %s %d.%d -> %d" % (env.body["action"], env.epoch, env.seq, result))
         now_ms = clock.ticks_ms()
         rec = self._signed_now(KIND_ACK, now_ms, lambda n: codec.pack_ack(

@@ -1,0 +1,124 @@
+"""Downlink commands: only authentic, fresh commands act; each is acked."""
+
+import os
+import time
+
+import pytest
+
+from firmware.app.factory import make_device
+from firmware.boards.sim import NoLink, SimBoard, SimClock
+from firmware.devtools import provision
+from protocol.auth import Signer
+from protocol.message import encode
+from protocol.topics import KIND_ACK, KIND_CMD
+from protocol.verify import DeviceKeys, verify
+
+DEV = "rec-cmd1"
+TOPIC = "ft/v1/%s/cmd" % DEV
+
+
+@pytest.fixture
+def device(tmp_path):
+    key = provision(tmp_path / "flash", DEV)
+    board = SimBoard(str(tmp_path / "flash"), clock=SimClock(unix_s=int(time.time())),
+                     link=NoLink())
+    dev = make_device(board, 0)
+    dev.test_key = key
+    return dev
+
+
+def command(key, seq, body, epoch=5, ts=None, kid=0):
+    return encode(Signer(DEV, key, kid), KIND_CMD, epoch, seq, ts or int(time.time()), body)
+
+
+def deliver(dev, payload, topic=TOPIC):
+    dev._on_message(memoryview(topic.encode()), memoryview(payload))
+
+
+def acks(dev):
+    """Decoded acks the device queued, verified as the gateway would."""
+    keys = {DEV: DeviceKeys({0: dev.test_key})}
+    out = []
+    for rec in dev._acks:
+        v = verify("ft/v1/%s/ack" % DEV, rec, keys.get, lambda d, lane: None, time.time())
+        assert v.ok, v
+        assert v.kind == KIND_ACK
+        out.append(v.envelope.body)
+    return out
+
+
+def test_valid_set_params_is_applied_persisted_and_acked(device):
+    deliver(device, command(device.test_key, 1, {"action": "set_params",
+                                                 "params": {"gps_period_s": 20}}))
+    assert device.params["gps_period_s"] == 20
+    assert acks(device) == [{"cmd_epoch": 5, "cmd_seq": 1, "result": "ok"}]
+    assert b"20" in (device.board.store.read("params.json") or b"")
+
+
+def test_forged_command_is_refused_and_not_acked(device):
+    forged = command(os.urandom(32), 1, {"action": "reboot", "params": {}})
+    deliver(device, forged)
+    assert device._acks == [] and device.reboot_at is None
+    assert device.gate.last_reason.startswith("bad_signature")
+
+
+def test_replayed_command_is_refused(device):
+    cmd = command(device.test_key, 1, {"action": "locate_now", "params": {}})
+    deliver(device, cmd)
+    deliver(device, cmd)
+    assert len(acks(device)) == 1
+    assert device.gate.last_reason.startswith("duplicate")
+
+
+def test_replay_is_refused_after_a_reboot_too(device, tmp_path):
+    cmd = command(device.test_key, 1, {"action": "locate_now", "params": {}})
+    deliver(device, cmd)
+    board = SimBoard(str(tmp_path / "flash"), clock=SimClock(unix_s=int(time.time())),
+                     link=NoLink())
+    again = make_device(board, 0)
+    deliver(again, cmd)
+    assert again._acks == [] and again.gate.refused == 1
+
+
+def test_command_for_another_device_is_refused(device):
+    other = encode(Signer("rec-other", device.test_key, 0), KIND_CMD, 5, 1, int(time.time()),
+                   {"action": "reboot", "params": {}})
+    deliver(device, other, "ft/v1/rec-other/cmd")
+    deliver(device, other)
+    assert device._acks == []
+
+
+def test_garbage_command_is_refused_without_crashing(device):
+    for junk in (b"", b"\x00" * 10, os.urandom(60), b"\x15" + os.urandom(80), b"x" * 500):
+        deliver(device, junk)
+    assert device._acks == [] and device.gate.refused == 5
+
+
+def test_out_of_range_parameter_is_acked_bad_args_and_changes_nothing(device):
+    before = dict(device.params)
+    deliver(device, command(device.test_key, 1, {"action": "set_params",
+                                                 "params": {"gps_period_s": 0}}))
+    assert device.params == before
+    assert acks(device)[0]["result"] == "bad_args"
+
+
+def test_stale_command_is_refused_when_clock_is_synced(device):
+    old = command(device.test_key, 1, {"action": "reboot", "params": {}},
+                  ts=int(time.time()) - 40 * 86400)
+    deliver(device, old)
+    assert device._acks == [] and device.gate.last_reason.startswith("time_past")
+
+
+def test_reboot_command_is_acked_then_reboots(device):
+    deliver(device, command(device.test_key, 1, {"action": "reboot", "params": {}}))
+    assert acks(device)[0]["result"] == "ok"
+    device.board.clock.advance(2500)
+    device.poll(device.board.clock.ticks_ms())
+    assert device.board.rebooted
+
+
+def test_clear_alarm_stops_fast_reporting_and_says_so(device):
+    device.raise_alarm("sos", 0, 0, active=True)
+    deliver(device, command(device.test_key, 1, {"action": "clear_alarm", "params": {}}))
+    assert not device.alarm_active
+    assert device.outbox.alarm.count == 2          # sos, alarm_cleared
