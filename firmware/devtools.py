@@ -118,7 +118,9 @@ class UnixDevice:
     control line, ``lines`` collects stdout; ``kill()`` is SIGKILL."""
 
     def __init__(self, flash_dir, heap: str | None = None, interpreter: str | None = None,
-                 extra_args: tuple[str, ...] = ()):
+                 extra_args: tuple[str, ...] = (), build_dir=None):
+        """``build_dir``: run a ``make firmware BOARD=unix`` build (.mpy) instead
+        of the sources (needed for small heaps: compiling needs more RAM)."""
         self.flash = Path(flash_dir)
         self.ctl_path = str(self.flash / "ctl.sock")
         self.master, self.slave = os.openpty()
@@ -127,10 +129,12 @@ class UnixDevice:
         cmd = [interpreter or micropython_binary()]
         if heap:
             cmd += ["-X", "heapsize=" + heap]
-        cmd += [str(ROOT / "firmware" / "main_unix.py"), "--flash", str(self.flash),
+        base = Path(build_dir) if build_dir else ROOT
+        entry = base / "main_unix.py" if build_dir else ROOT / "firmware" / "main_unix.py"
+        cmd += [str(entry), "--flash", str(self.flash),
                 "--uart", self.pty_name, "--ctl", self.ctl_path, *extra_args]
         env = dict(os.environ)
-        env["MICROPYPATH"] = str(ROOT) + ":.frozen"
+        env["MICROPYPATH"] = str(base) + ":.frozen"
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      env=env, cwd=str(ROOT))
         self.lines: list[str] = []
@@ -200,13 +204,17 @@ class UnixDevice:
 class Collector:
     """Subscribes to ft/v1/# on a broker and keeps (topic, payload) in order."""
 
-    def __init__(self, port: int, topic: str = "ft/v1/#", host: str = "127.0.0.1"):
+    def __init__(self, port: int, topic: str = "ft/v1/#", host: str = "127.0.0.1",
+                 persistent: bool = False):
+        """``persistent``: a session the broker keeps (with broker persistence
+        it survives a broker restart, so nothing published meanwhile is missed)."""
         import paho.mqtt.client as mqtt
 
         self.messages: list[tuple[str, bytes]] = []
         self._cond = threading.Condition()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                                  client_id="collector-%d" % os.getpid() + os.urandom(3).hex())
+                                  client_id="collector-%d-%s" % (os.getpid(), os.urandom(3).hex()),
+                                  clean_session=not persistent)
         self.client.on_message = self._on_message
         self.client.on_connect = lambda c, u, f, rc, p=None: c.subscribe(topic, qos=1)
         self.client.on_subscribe = self._on_subscribe
@@ -244,3 +252,24 @@ class Collector:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+
+
+def prefill_backlog(flash_dir, seconds: int, unix_s: int | None = None) -> int:
+    """Run the device core (CPython, simulated board, no network) over a
+    moving track for ``seconds`` of simulated time, leaving its backlog on
+    flash; returns the outbox depth. The config must already be provisioned."""
+    from firmware.app.factory import make_device
+    from firmware.boards.sim import NoLink, SimBoard, SimClock
+
+    clock = SimClock(unix_s=unix_s if unix_s is not None else int(time.time()) - seconds)
+    board = SimBoard(str(flash_dir), clock=clock, link=NoLink())
+    dev = make_device(board, 0)
+    track = Track()
+    for _ in range(seconds * 2):
+        clock.advance(500)
+        if clock.ms % 1000 == 0:
+            track.step(1)
+            board.uart.feed(track.sentences(clock.time()))
+        dev.poll(clock.ms)
+    dev.outbox.sync()
+    return int(dev.outbox.depth)

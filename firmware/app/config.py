@@ -142,6 +142,10 @@ class Config:
         self.port = self.mqtt["port"]
         tls = broker.get("tls")
         self.tls = TlsSettings(tls) if tls is not None else None
+        self.watchdog_s = doc.get("watchdog_s", 30)
+        if isinstance(self.watchdog_s, bool) or not isinstance(self.watchdog_s, int) \
+                or not 2 <= self.watchdog_s <= 600:
+            raise ConfigError("config_invalid", "watchdog_s not in 2..600")
         self.params = _ints(doc.get("params"), PARAM_LIMITS, "params")
         self.outbox = _ints(doc.get("outbox"), OUTBOX_LIMITS, "outbox")
         if self.outbox["max_records"] < 2 * self.outbox["segment_records"]:

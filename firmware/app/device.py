@@ -44,7 +44,6 @@ from firmware.app.state import CommandWindow, RecordCounter
 from firmware.app.watchdog import TaskMonitor
 
 TASKS = ("gnss", "inputs", "sampler", "net", "store")
-WATCHDOG_MS = 30000
 FIX_FRESH_MS = 3000         # a fix older than this is not sampled
 ALARM_FIX_MAX_AGE_S = 600   # an alarm carries the last fix up to this old
 IDLE_RETRY_MS = 60000
@@ -99,7 +98,8 @@ class Device:
         for k in (KIND_GPS, KIND_HB, KIND_ALARM, KIND_STATUS, KIND_ACK, KIND_CMD):
             self.topics[k] = topic_for(cfg.device_id, k).encode()
         self._cmd_topic = self.topics[KIND_CMD].decode()
-        self.monitor = TaskMonitor(TASKS, WATCHDOG_MS)
+        self.watchdog_ms = cfg.watchdog_s * 1000
+        self.monitor = TaskMonitor(TASKS, self.watchdog_ms)
         self._env = bytearray(MAX_ENVELOPE)      # the one envelope buffer
         self._env_mv = memoryview(self._env)
         self._send = bytearray(MAX_ENVELOPE + 8)
@@ -122,8 +122,9 @@ class Device:
         self.alarm_active = False
         self.records = 0
         self.errors = 0
+        self.trace = getattr(b, "trace", False)
         self.init_inputs(now_ms)
-        b.watchdog.start(WATCHDOG_MS)
+        b.watchdog.start(self.watchdog_ms)
         self.log("I boot %s %s epoch %d reset %d outbox %d" % (
             cfg.kind, cfg.device_id, self.counter.epoch, self.reset_cause, self.outbox.depth))
 
@@ -241,8 +242,20 @@ class Device:
 
     def _queue(self, kind, n, is_alarm, now_ms):
         n = self.signer.sign_into(self._env, n, kind)
+        appends = self.outbox.flash_appends
         self.outbox.append(is_alarm, self._env_mv, n, now_ms)
         self.records += 1
+        if self.trace:
+            self.log("T rec %d %d %d" % (kind, self.counter.epoch, self.counter.seq - 1))
+            if self.outbox.flash_appends != appends:
+                self._trace_flush()
+
+    def _trace_flush(self):
+        """Trace which records are durable (tests check nothing durable is lost)."""
+        for lane in (self.outbox.alarm, self.outbox.tele):
+            if len(lane.last_flushed) == 8:
+                self.log("T flushed %s %d %d" % (lane.name, int.from_bytes(
+                    lane.last_flushed[:4], "big"), int.from_bytes(lane.last_flushed[4:], "big")))
 
     def _capture_fix(self, now_ms):
         n = self._header(KIND_GPS, now_ms)
@@ -426,7 +439,8 @@ class Device:
     # ---- store ----
 
     def _store(self, now_ms):
-        self.outbox.poll(now_ms)
+        if self.outbox.poll(now_ms) and self.trace:
+            self._trace_flush()
 
     def shutdown(self, why):
         """Before a planned reboot or power off: RAM tail to flash."""

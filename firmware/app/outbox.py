@@ -79,6 +79,8 @@ class LaneLog:
         self.count = 0          # unacked records (flash from head + RAM)
         self.torn = 0
         self.dirty = False      # head moved since the cursor was saved
+        self.last_appended = b""
+        self.last_flushed = b""
         self._rf = None
         self._rf_seg = None
         self._hdr = bytearray(2)
@@ -197,6 +199,7 @@ class LaneLog:
         struct.pack_into(">I", ram, p + 2 + n, crc)
         if not self.ram_count:
             self.ram_since = now_ms
+        self.last_appended = bytes(mv[2:10])    # (epoch, seq), for traces
         self.ram_len = p + n + FRAME_OVERHEAD
         self.ram_count += 1
         self.count += 1
@@ -229,6 +232,7 @@ class LaneLog:
             return False
         self.seg_count[-1] += self.ram_count
         self.seg_size[-1] = base + self.ram_len
+        self.last_flushed = self.last_appended
         # positions that pointed into RAM now point into this segment
         if self.head_seg == _RAM:
             self.head_seg = sid

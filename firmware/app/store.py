@@ -53,9 +53,12 @@ class FlashStore:
 
     def read(self, name, limit=4096):
         """The file's bytes, or None if it does not exist."""
+        size = self.size(name)
+        if size < 0:
+            return None
         try:
             with open(self.path(name), "rb") as f:
-                return f.read(limit)
+                return f.read(min(size, limit))   # no limit-sized buffer on a small heap
         except OSError:
             return None
 

@@ -110,7 +110,8 @@ def parse_control(line):
 
     Lines: ``sos 1``, ``recording 0``, ``strap open|closed|tamper``,
     ``link up|down``, ``battery 15``, ``charging 1``, ``external 0``,
-    ``storage 120``, ``signal -95``, ``power off``, ``reboot``, ``hang``.
+    ``storage 120``, ``signal -95``, ``power off``, ``reboot``, ``hang``,
+    ``stats`` (log heap figures).
     """
     words = line.strip().split()
     if not words or len(words) > 2:
@@ -119,7 +120,7 @@ def parse_control(line):
     arg = words[1].lower() if len(words) == 2 else ""
     if name == "power" and arg == "off":
         return "power_off", 1
-    if name in ("reboot", "hang"):
+    if name in ("reboot", "hang", "stats"):
         return name, 1
     if name == "link":
         if arg not in ("up", "down"):

@@ -1,7 +1,7 @@
 """The MicroPython unix port as a board (also runs under CPython).
 
     micropython firmware/main_unix.py --flash DIR --uart PATH [--ctl PATH]
-        [--unsynced] [--uart-rate BYTES_PER_S]
+        [--unsynced] [--trace] [--uart-rate BYTES_PER_S]
 
 ``--flash``  directory standing in for the flash filesystem (config.json,
              key.hex, state, outbox).
@@ -12,6 +12,7 @@
              control line (firmware/boards/base.py parse_control):
              ``sos 1``, ``strap open``, ``link down``, ``battery 15``,
              ``recording 1``, ``storage 100``, ``power off``, ``reboot``.
+``--trace``  log one line per record signed and per flash flush (tests).
 ``--unsynced``  start with the clock marked never set (the host clock is
              normally NTP-synced, so records are not flagged by default).
 
@@ -134,7 +135,8 @@ class ControlChannel:
 
 
 class UnixBoard:
-    def __init__(self, flash, uart, ctl=None, synced=True, uart_rate=1000):
+    def __init__(self, flash, uart, ctl=None, synced=True, uart_rate=1000, trace=False):
+        self.trace = trace
         self.store = FlashStore(flash)
         self.clock = UnixClock(synced)
         st = os.stat(uart)
@@ -151,6 +153,8 @@ class UnixBoard:
         self._reset = self._read_reset_marker()
         self.store.write_atomic(".reset", b"running")
         self.hang = False
+        self.code_heap = 0
+        self.live_peak = 0
 
     def _read_reset_marker(self):
         raw = self.store.read(".reset", 32)
@@ -189,12 +193,26 @@ class UnixBoard:
         self.log("I control %s %d" % (name, value))
         if name == "reboot":
             self.reboot()
+        elif name == "stats":
+            self.log_stats()
         elif name == "hang":
             self.hang = True          # stop checking in: tests the watchdog
         elif name == "power_off":
             self.inputs.set("power_off", 1)
         else:
             apply_control(self, name, value)
+
+    def log_stats(self):
+        """Heap figures (bench, memory tests): peak is the high-water mark."""
+        gc.collect()
+        self._note_heap()
+        self.log("I stats heap_used %d heap_free %d live_peak %d code %d" % (
+            gc.mem_alloc(), gc.mem_free(), self.live_peak, self.code_heap))
+
+    def _note_heap(self):
+        used = gc.mem_alloc()
+        if used > self.live_peak:
+            self.live_peak = used
 
     def run(self, device):
         """The main loop: poll the device, wait on UART, socket, control."""
@@ -231,15 +249,17 @@ class UnixBoard:
                 poller.poll(delay)
             if delay >= 200:
                 gc.collect()         # at a known idle point, not mid-burst
+                self._note_heap()    # live data high-water mark (after collection)
 
 
 def parse_args(argv):
-    opts = {"flash": None, "uart": None, "ctl": None, "synced": True, "uart_rate": 1000}
+    opts = {"flash": None, "uart": None, "ctl": None, "synced": True, "uart_rate": 1000,
+            "trace": False}
     i = 0
     while i < len(argv):
         a = argv[i]
-        if a == "--unsynced":
-            opts["synced"] = False
+        if a in ("--unsynced", "--trace"):
+            opts["synced" if a == "--unsynced" else "trace"] = a == "--trace"
             i += 1
             continue
         if i + 1 >= len(argv):
@@ -269,6 +289,11 @@ def main(argv):
         print("usage: main_unix.py --flash DIR --uart PATH [--ctl PATH] [--unsynced]:", e)
         sys.exit(2)
     board = UnixBoard(opts["flash"], opts["uart"], opts["ctl"], opts["synced"],
-                      opts["uart_rate"])
+                      opts["uart_rate"], opts["trace"])
+    # load every module the device will use, then note what the code costs
+    import firmware.app.recorder  # noqa: F401
+    import firmware.app.wristband  # noqa: F401
+    gc.collect()
+    board.code_heap = gc.mem_alloc()
     device = make_device(board, ticks_ms())
     board.run(device)

