@@ -261,3 +261,25 @@ def test_unix_config_error_gives_safe_idle_on_micropython(tmp_path):
         assert "config_invalid" in line
         time.sleep(0.3)
         assert dev.proc.poll() is None
+
+
+def test_watchdog_reset_is_reported_in_the_next_heartbeat(tmp_path, broker):
+    did = "mp-wdt-1"
+    key = provision(tmp_path, did, port=broker.port)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["watchdog_s"] = 2
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with UnixDevice(tmp_path) as dev:
+        dev.wait_line("I connected", 15)
+        dev.control("hang")                     # the main loop stops feeding
+        dev.proc.wait(10)
+        assert dev.proc.returncode == 3
+    col = Collector(broker.port, "ft/v1/%s/hb" % did)
+    try:
+        with UnixDevice(tmp_path):
+            col.wait(lambda m: m, 15)
+    finally:
+        col.close()
+    seen = check_stream(col.messages, did, key)
+    from protocol.codec import decode
+    assert decode(list(seen.values())[-1]).body["reset_cause"] == 2      # watchdog
