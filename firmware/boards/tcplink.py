@@ -24,6 +24,13 @@ except ImportError:  # pragma: no cover - a build without TLS
     ssl = None
 
 _CPYTHON = hasattr(socket.socket, "recv_into")
+# CPython's non-blocking TLS says "try again" with its own exceptions
+_TLS_AGAIN = tuple(getattr(ssl, n) for n in ("SSLWantReadError", "SSLWantWriteError")
+                   if ssl is not None and hasattr(ssl, n))
+
+
+def _again(e):
+    return e.args[0] in _EAGAIN or (_TLS_AGAIN and isinstance(e, _TLS_AGAIN))
 
 
 def _read_file(path):
@@ -99,7 +106,7 @@ class SocketTransport:
         try:
             n = self.sock.send(mv)
         except OSError as e:
-            if e.args[0] in _EAGAIN:
+            if _again(e):
                 return 0
             raise
         return n or 0
@@ -111,7 +118,7 @@ class SocketTransport:
             else:
                 n = self.sock.readinto(mv)
         except OSError as e:
-            if e.args[0] in _EAGAIN:
+            if _again(e):
                 return 0
             raise
         if n is None:
