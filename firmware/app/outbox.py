@@ -81,6 +81,7 @@ class LaneLog:
         self.dirty = False      # head moved since the cursor was saved
         self.last_appended = b""
         self.last_flushed = b""
+        self.flushes = 0        # appends to flash (the wear figure)
         self._rf = None
         self._rf_seg = None
         self._hdr = bytearray(2)
@@ -230,6 +231,7 @@ class LaneLog:
             if self.seg_count[-1] == 0:
                 self._drop_last_empty()
             return False
+        self.flushes += 1
         self.seg_count[-1] += self.ram_count
         self.seg_size[-1] = base + self.ram_len
         self.last_flushed = self.last_appended
@@ -439,7 +441,6 @@ class Outbox:
         self.alarm = LaneLog(store, "a", max(8, segment_records // 8), 1)
         self.tele = LaneLog(store, "t", segment_records, flush_records)
         self.drops = 0
-        self.flash_appends = 0
         self._cursor_saved_ms = None
 
     def load(self):
@@ -451,6 +452,10 @@ class Outbox:
         return self.alarm.count + self.tele.count
 
     @property
+    def flash_appends(self):
+        return self.alarm.flushes + self.tele.flushes
+
+    @property
     def torn(self):
         return self.alarm.torn + self.tele.torn
 
@@ -460,15 +465,14 @@ class Outbox:
     def append(self, is_alarm, mv, n, now_ms):
         lane = self.alarm if is_alarm else self.tele
         lane.append(mv, n, now_ms)
-        if is_alarm and lane.flush():
-            self.flash_appends += 1
+        if is_alarm:
+            lane.flush()
         while self.depth > self.max_records:
             victim = self.tele if self.tele.count else self.alarm
             if not victim.segs:
                 # everything is still in RAM: flush so there is a segment to drop
                 if not victim.flush():
                     break
-                self.flash_appends += 1
             self.drops += victim.evict_oldest()
 
     def poll(self, now_ms):
@@ -476,7 +480,6 @@ class Outbox:
         wrote = False
         for lane in (self.alarm, self.tele):
             if lane.flush_due(now_ms, self.flush_age_ms) and lane.flush():
-                self.flash_appends += 1
                 wrote = True
         if self._cursor_saved_ms is None:
             self._cursor_saved_ms = now_ms
@@ -491,8 +494,7 @@ class Outbox:
     def sync(self):
         """Flush RAM and save cursors now (before a planned reboot)."""
         for lane in (self.alarm, self.tele):
-            if lane.flush():
-                self.flash_appends += 1
+            lane.flush()
             if lane.dirty:
                 lane.save_cursor()
 
