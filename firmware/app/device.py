@@ -40,7 +40,7 @@ from firmware.app.mqtt import IDLE, MqttClient
 from firmware.app.nmea import NmeaParser
 from firmware.app.outbox import Outbox
 from firmware.app.sampler import Sampler
-from firmware.app.state import CommandWindow, RecordCounter
+from firmware.app.state import CommandWindow, RecordCounter, StateError
 from firmware.app.watchdog import TaskMonitor
 
 TASKS = ("gnss", "inputs", "sampler", "net", "store")
@@ -66,7 +66,11 @@ class Device:
         except ConfigError as e:
             self._enter_idle(e, now_ms)
             return
-        self._setup(now_ms)
+        try:
+            self._setup(now_ms)
+        except (OSError, StateError) as e:
+            # flash unusable: without a durable epoch nothing may be signed
+            self._enter_idle("state_error: %s" % e, now_ms)
 
     def _enter_idle(self, err, now_ms):
         self.idle_reason = str(err)

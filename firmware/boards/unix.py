@@ -202,6 +202,12 @@ class UnixBoard:
         else:
             apply_control(self, name, value)
 
+    def _is_uart(self, obj):
+        fd = self.uart.fd
+        if fd is None:
+            return False
+        return obj is fd or obj == fd or (_CPYTHON and obj == fd.fileno())
+
     def log_stats(self):
         """Heap figures (bench, memory tests): peak is the high-water mark."""
         gc.collect()
@@ -246,7 +252,11 @@ class UnixBoard:
                     poller.register(sock, select.POLLIN)
                 registered = sock
             if delay > 0:
-                poller.poll(delay)
+                for ev in poller.poll(delay):
+                    if ev[1] & (select.POLLHUP | select.POLLERR) and self._is_uart(ev[0]):
+                        # the simulator closed the pty: no GNSS, but no busy loop
+                        poller.unregister(self.uart.fd)
+                        self.log("W gnss uart hung up")
             if delay >= 200:
                 gc.collect()         # at a known idle point, not mid-burst
                 self._note_heap()    # live data high-water mark (after collection)
