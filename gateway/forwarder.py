@@ -49,7 +49,6 @@ class Forwarder:
         self.on_acked = on_acked
         self.wake = threading.Event()
         self.stopping = threading.Event()
-        self.lock = threading.Lock()
         self.connected = threading.Event()
         self.done: deque[int] = deque()          # mids acknowledged by upstream
         self.inflight: dict[int, list[ACKED]] = {}
@@ -102,8 +101,9 @@ class Forwarder:
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: Any,
                     props: Any = None) -> None:
-        with self.lock:
-            self.done.append(mid)
+        # paho calls this holding its own message lock: take no lock here (deque
+        # appends are atomic); the forwarder thread matches mids to batches.
+        self.done.append(mid)
         self.wake.set()
 
     def _session(self, reader: Reader) -> bool:
@@ -116,9 +116,8 @@ class Forwarder:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         self.connected.clear()
-        with self.lock:
-            self.done.clear()
-            self.inflight = {}
+        self.done.clear()
+        self.inflight = {}
         client.connect(b.host, b.port, b.keepalive_s)
         client.loop_start()
         try:
@@ -141,11 +140,10 @@ class Forwarder:
 
     def _collect_acks(self) -> None:
         rows: list[ACKED] = []
-        with self.lock:
-            while self.done:
-                batch = self.inflight.pop(self.done.popleft(), None)
-                if batch:
-                    rows.extend(batch)
+        while self.done:
+            batch = self.inflight.pop(self.done.popleft(), None)
+            if batch:
+                rows.extend(batch)
         if rows:
             self.records_acked += len(rows)
             self.on_acked(rows)
@@ -190,11 +188,10 @@ class Forwarder:
             n += 1
         del rows[n:]
         payload = batch_payload(self.cfg.gateway_id, [r[2] for r in rows])
-        with self.lock:
-            info = client.publish(upstream_topic(self.cfg.gateway_id, lane), payload, qos=1)
-            if info.rc != mqtt.MQTT_ERR_SUCCESS and info.rc != mqtt.MQTT_ERR_NO_CONN:
-                raise UpstreamError("publish failed: %s" % mqtt.error_string(info.rc))
-            self.inflight[info.mid] = [(r[0], lane, r[1]) for r in rows]
+        info = client.publish(upstream_topic(self.cfg.gateway_id, lane), payload, qos=1)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS and info.rc != mqtt.MQTT_ERR_NO_CONN:
+            raise UpstreamError("publish failed: %s" % mqtt.error_string(info.rc))
+        self.inflight[info.mid] = [(r[0], lane, r[1]) for r in rows]
         self.batches_sent += 1
         self.records_sent += n
 

@@ -164,22 +164,33 @@ class Registry:
 
     def add(self, device_id: str, kind: str, key: bytes | None = None, key_id: int = 0,
             now: float | None = None) -> Device:
-        if not is_valid_device_id(device_id):
-            raise RegistryError("invalid device id %r" % device_id, "device_id_invalid")
-        if kind not in KINDS:
-            raise RegistryError("kind must be one of %s" % "|".join(KINDS), "kind_invalid")
-        if not 0 <= key_id <= KEY_ID_MAX:
-            raise RegistryError("key id must be 0..15", "key_id_invalid")
-        key = key if key is not None else secrets.token_bytes(32)
-        if len(key) != 32:
-            raise RegistryError("key must be 32 bytes", "key_invalid")
+        return self.add_many([(device_id, kind, key, key_id)], now)[0]
+
+    def add_many(self, specs: list[tuple[str, str, bytes | None, int]],
+                 now: float | None = None) -> list[Device]:
+        """Add devices ``(id, kind, key or None for random, key id)`` in one write."""
         t = time.time() if now is None else now
-        dev = Device(device_id, kind, key_id, (DeviceKey(key_id, key, None),), False, t, t)
+        devs = []
+        for device_id, kind, key, key_id in specs:
+            if not is_valid_device_id(device_id):
+                raise RegistryError("invalid device id %r" % device_id, "device_id_invalid")
+            if kind not in KINDS:
+                raise RegistryError("kind must be one of %s" % "|".join(KINDS), "kind_invalid")
+            if not 0 <= key_id <= KEY_ID_MAX:
+                raise RegistryError("key id must be 0..15", "key_id_invalid")
+            key = key if key is not None else secrets.token_bytes(32)
+            if len(key) != 32:
+                raise RegistryError("key must be 32 bytes", "key_invalid")
+            devs.append(Device(device_id, kind, key_id, (DeviceKey(key_id, key, None),), False,
+                               t, t))
         with self._db(write=True) as db:
-            if db.contains(Query().device_id == device_id):
-                raise RegistryError("device %r exists" % device_id, "device_exists")
-            self._put(db, dev)
-        return dev
+            known = {d["device_id"] for d in db.all()}
+            for dev in devs:
+                if dev.device_id in known:
+                    raise RegistryError("device %r exists" % dev.device_id, "device_exists")
+                known.add(dev.device_id)
+            db.insert_multiple(_doc_from_device(dev) for dev in devs)
+        return devs
 
     def revoke(self, device_id: str, now: float | None = None) -> Device:
         t = time.time() if now is None else now
