@@ -99,7 +99,12 @@ class SocketTransport:
         ctx = make_tls_context(self.tls, self.base_dir)
         self.sock.settimeout(self.timeout_s)      # bounded, see module doc
         name = self.tls.server_hostname or self.host
-        self.sock = ctx.wrap_socket(self.sock, server_hostname=name)
+        try:
+            self.sock = ctx.wrap_socket(self.sock, server_hostname=name)
+        except (OSError, ValueError) as e:
+            # MicroPython's mbedtls reports a failed verification as ValueError
+            self.sock.close()
+            raise OSError(13, "tls: %s" % (e,))
         self.sock.setblocking(False)
 
     def write(self, mv):
