@@ -74,7 +74,7 @@ class Device:
 
     def _enter_idle(self, err, now_ms):
         self.idle_reason = str(err)
-        self.log("E config: %s; safe idle" % self.idle_reason)
+        self.log("E %s; safe idle" % self.idle_reason)
         self._idle_next = ticks_add(now_ms, IDLE_RETRY_MS)
 
     def _setup(self, now_ms):
