@@ -283,3 +283,29 @@ def test_watchdog_reset_is_reported_in_the_next_heartbeat(tmp_path, broker):
     seen = check_stream(col.messages, did, key)
     from protocol.codec import decode
     assert decode(list(seen.values())[-1]).body["reset_cause"] == 2      # watchdog
+
+
+def test_sos_from_the_control_channel_overtakes_the_backlog(tmp_path, broker):
+    did = "mp-sos-1"
+    key = provision(tmp_path, did, port=broker.port, params=FAST,
+                    broker_extra=QUICK_RECONNECT)
+    col = Collector(broker.port, "ft/v1/%s/#" % did)
+    try:
+        with UnixDevice(tmp_path) as dev:
+            dev.wait_line("I connected", 15)
+            dev.control("link down")
+            dev.wait_line("W disconnected", 5)
+            track = Track()
+            feed_for(dev, 4, track)                      # a backlog of fixes
+            dev.control("sos 1")
+            dev.wait_line("I alarm sos", 5)
+            mark = len(col.messages)
+            dev.control("link up")
+            col.wait(lambda m: {"alarm", "gps"} <= {t.rsplit("/", 1)[1] for t, _ in m[mark:]},
+                     15)
+    finally:
+        col.close()
+    check_stream(col.messages, did, key)
+    after = [t.rsplit("/", 1)[1] for t, _ in col.messages[mark:]
+             if not t.endswith("/status")]
+    assert after[0] == "alarm" and "gps" in after
