@@ -154,15 +154,32 @@ class Pki:
     def issue(self, cn: str, role: str = "device", days: int = DEVICE_DAYS,
               hosts: tuple[str, ...] = (), not_before: dt.datetime | None = None) -> Issued:
         """Issue a key and certificate for ``cn``; ``hosts`` become SANs (broker)."""
+        return self.issue_many([cn], role, days, hosts, not_before)[0]
+
+    def issue_many(self, cns: list[str], role: str = "device", days: int = DEVICE_DAYS,
+                   hosts: tuple[str, ...] = (), not_before: dt.datetime | None = None
+                   ) -> list[Issued]:
+        """Issue several identities with one index write (a fleet at provisioning)."""
+        ca_key, ca_cert = self._ca()
+        rows = self._load_index()
+        valid = {r.cn for r in rows if r.revoked_at is None}
+        out = []
+        for cn in cns:
+            if cn in valid:
+                raise PkiError("%s already has a valid certificate; revoke it first" % cn)
+            out.append(self._issue_one(ca_key, ca_cert, cn, role, days, hosts, not_before))
+            valid.add(cn)
+        self._save_index(rows + out)
+        return out
+
+    def _issue_one(self, ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate,
+                   cn: str, role: str, days: int, hosts: tuple[str, ...],
+                   not_before: dt.datetime | None) -> Issued:
         if role not in ROLES:
             raise PkiError("role must be one of %s" % ", ".join(ROLES))
         if role != "broker" and not is_valid_device_id(cn):
             raise PkiError("%r is not a valid id (3-32 of A-Z a-z 0-9 _ -): no certificate"
                            % cn)
-        ca_key, ca_cert = self._ca()
-        rows = self._load_index()
-        if any(r.cn == cn and r.revoked_at is None for r in rows):
-            raise PkiError("%s already has a valid certificate; revoke it first" % cn)
         key = ec.generate_private_key(ec.SECP256R1())
         start = not_before or _now() - dt.timedelta(minutes=5)
         usage = (ExtendedKeyUsageOID.SERVER_AUTH if role == "broker"
@@ -190,9 +207,7 @@ class Pki:
             serialization.NoEncryption()))
         _write_public(base.with_suffix(".crt"), cert.public_bytes(serialization.Encoding.PEM))
         _write_public(base.with_suffix(".der"), cert.public_bytes(serialization.Encoding.DER))
-        rec = Issued(cn, role, cert.serial_number, cert.not_valid_after_utc.isoformat())
-        self._save_index(rows + [rec])
-        return rec
+        return Issued(cn, role, cert.serial_number, cert.not_valid_after_utc.isoformat())
 
     def revoke(self, cn: str) -> Issued:
         rows = self._load_index()
@@ -223,14 +238,20 @@ class Pki:
         return self.crl_path
 
     def device_files(self, cn: str) -> dict[str, bytes]:
-        """What a device needs on flash for mutual TLS: DER CA, cert and key."""
+        """What a device needs on flash for mutual TLS: CA, certificate and key,
+        as DER (``*.der``: what MicroPython's mbedTLS loads) and PEM (``*.pem``:
+        what CPython's ssl loads, for simulated devices)."""
         issued = self.dir / "issued"
         try:
+            ca_pem = self.ca_cert_path.read_bytes()
             return {
-                "ca.der": x509.load_pem_x509_certificate(self.ca_cert_path.read_bytes())
+                "ca.der": x509.load_pem_x509_certificate(ca_pem)
                 .public_bytes(serialization.Encoding.DER),
                 "cert.der": (issued / (cn + ".der")).read_bytes(),
                 "key.der": (issued / (cn + ".key.der")).read_bytes(),
+                "ca.pem": ca_pem,
+                "cert.pem": (issued / (cn + ".crt")).read_bytes(),
+                "key.pem": (issued / (cn + ".key")).read_bytes(),
             }
         except FileNotFoundError:
             raise PkiError("%s has no certificate: run `pki issue %s`" % (cn, cn)) from None

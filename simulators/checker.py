@@ -810,6 +810,11 @@ class Checker:
         with self._lock:
             return self.tally.messages
 
+    def arrived_ids(self) -> set[str]:
+        """Ids of the records that have arrived upstream so far."""
+        with self._lock:
+            return {r.id for r in self.tally.records}
+
     def wait_idle(self, idle_s: float, timeout_s: float, min_messages: int = 1) -> bool:
         """Block until ``min_messages`` arrived and none for ``idle_s``; False on timeout."""
         deadline = time.monotonic() + timeout_s
