@@ -14,15 +14,16 @@ and the broker redelivers those messages anyway (they become duplicates).
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.config import BrokerConfig, LocalConfig
+from gateway.fastpaho import FastClient
 
 log = logging.getLogger("gateway.ingest")
 
@@ -30,9 +31,57 @@ log = logging.getLogger("gateway.ingest")
 Item = tuple[str | bytes, bytes | bytearray, int, int, float, "LocalConnection", int]
 
 
+class Feed:
+    """Bounded hand-off from the paho threads to the committer.
+
+    A deque (appends and pops are atomic) plus an Event to wake the committer:
+    cheaper per message than ``queue.Queue``. Bound: ``maxsize``; when full the
+    paho thread waits (backpressure: the broker keeps the rest, unacknowledged)
+    and each wait is counted.
+    """
+
+    def __init__(self, maxsize: int) -> None:
+        self.items: deque[Item] = deque()
+        self.maxsize = maxsize
+        self.ready = threading.Event()
+        self.full_waits = 0
+
+    def put(self, item: Item, stop: threading.Event | None = None) -> None:
+        while len(self.items) >= self.maxsize:
+            self.full_waits += 1
+            self.ready.set()
+            time.sleep(0.001)
+            if stop is not None and stop.is_set():
+                return
+        self.items.append(item)
+        if not self.ready.is_set():
+            self.ready.set()
+
+    def take(self, cap: int, timeout: float, linger: float) -> list[Item]:
+        """Up to ``cap`` items: wait ``timeout`` for the first, then ``linger`` for more."""
+        items = self.items
+        if not items:
+            self.ready.clear()          # then look again: a put may have come between
+            if not items:
+                if timeout <= 0:
+                    return []
+                self.ready.wait(timeout)
+                if not items:
+                    return []
+        if len(items) < cap and linger > 0:
+            time.sleep(linger)
+        pop = items.popleft
+        n = min(cap, len(items))
+        return [pop() for _ in range(n)]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
 def make_client(b: BrokerConfig, client_id: str, clean_session: bool,
-                manual_ack: bool = False) -> mqtt.Client:
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                manual_ack: bool = False, fast: bool = False) -> mqtt.Client:
+    cls = FastClient if fast else mqtt.Client
+    c = cls(CallbackAPIVersion.VERSION2, client_id=client_id,
                     clean_session=clean_session, protocol=mqtt.MQTTv311, manual_ack=manual_ack)
     c.connect_timeout = b.connect_timeout_s
     if b.username:
@@ -44,15 +93,14 @@ def make_client(b: BrokerConfig, client_id: str, clean_session: bool,
 
 
 class LocalConnection:
-    def __init__(self, cfg: LocalConfig, index: int, out: queue.Queue[Item],
-                 put_timeout_s: float = 0.5) -> None:
+    def __init__(self, cfg: LocalConfig, index: int, out: Feed) -> None:
         self.cfg = cfg
         self.index = index
         self.out = out
-        self.put_timeout_s = put_timeout_s
         cid = cfg.broker.client_id if cfg.connections == 1 else "%s-%d" % (
             cfg.broker.client_id, index)
-        self.client = make_client(cfg.broker, cid, clean_session=False, manual_ack=True)
+        self.client = make_client(cfg.broker, cid, clean_session=False, manual_ack=True,
+                                  fast=True)
         self.client.reconnect_delay_set(1, 10)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -62,7 +110,6 @@ class LocalConnection:
         self.generation = 0
         self.connected = threading.Event()
         self.subscribed = threading.Event()
-        self.backpressure = 0        # times the committer queue was full
         self.received = 0
         self.stale_acks = 0          # acks skipped: their connection is gone
 
@@ -103,19 +150,20 @@ class LocalConnection:
         self.received += 1
         item: Item = (msg._topic if msg._topic else b"", msg.payload, msg.mid, msg.qos,
                       time.time(), self, self.generation)
-        while True:
-            try:
-                self.out.put(item, timeout=self.put_timeout_s)
-                return
-            except queue.Full:
-                self.backpressure += 1  # bounded: the broker holds the rest (inflight limit)
+        self.out.put(item)
 
-    def ack(self, mid: int, qos: int, generation: int) -> None:
+    def ack_many(self, mids: list[int], generation: int) -> None:
+        """Acknowledge QoS 1 messages received on connection ``generation``."""
         with self.lock:
             if generation != self.generation:
-                self.stale_acks += 1
+                self.stale_acks += len(mids)
                 return
-            self.client.ack(mid, qos)
+            client = self.client
+            if isinstance(client, FastClient):
+                client.ack_many(mids)
+            else:
+                for mid in mids:
+                    client.ack(mid, 1)
 
     def start(self) -> None:
         b = self.cfg.broker

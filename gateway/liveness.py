@@ -50,6 +50,7 @@ class LivenessTracker:
         self.devices: dict[str, DeviceLiveness] = {}
         self._changed: set[str] = set()
         self._dirty: set[str] = set()
+        self._seen: dict[str, float] = {}   # fast path: last_seen of online devices
 
     def restore(self, entries: dict[str, DeviceLiveness]) -> None:
         self.devices.update(entries)
@@ -64,6 +65,10 @@ class LivenessTracker:
     def observe(self, device: str, now: float, kind: int, body: dict[str, Any]) -> None:
         """An accepted record of ``device`` arrived at ``now``."""
         e = self.devices.get(device)
+        if e is not None and e.state == ONLINE and kind != KIND_HB and kind != KIND_STATUS:
+            self._seen[device] = now        # nothing changes but the time: no copy
+            return
+        self._fold()
         hb = e.hb_interval_s if e else self.cfg.default_hb_interval_s
         if kind == KIND_HB or kind == KIND_STATUS:
             hb = float(body.get("hb_interval_s") or hb)
@@ -79,6 +84,14 @@ class LivenessTracker:
             self.devices[device] = replace(e, last_seen=now, hb_interval_s=hb)
             self._dirty.add(device)
 
+    def _fold(self) -> None:
+        for device, t in self._seen.items():
+            e = self.devices[device]
+            if t > e.last_seen:
+                self.devices[device] = replace(e, last_seen=t)
+                self._dirty.add(device)
+        self._seen.clear()
+
     def _timeout(self, e: DeviceLiveness) -> tuple[str, float] | None:
         if e.state == OFFLINE:
             return None
@@ -88,6 +101,7 @@ class LivenessTracker:
 
     def tick(self, now: float) -> list[Transition]:
         """Apply timeouts due at ``now``; return the transitions to emit."""
+        self._fold()
         for device, e in list(self.devices.items()):
             while True:
                 t = self._timeout(e)
@@ -111,6 +125,7 @@ class LivenessTracker:
 
     def take_dirty(self) -> dict[str, DeviceLiveness]:
         """Entries changed since the last call (for the store)."""
+        self._fold()
         out = {d: self.devices[d] for d in self._dirty}
         self._dirty.clear()
         return out

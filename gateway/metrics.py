@@ -97,9 +97,9 @@ class GatewayCollector(Collector):
         yield GaugeMetricFamily(p + "upstream_connected", "1 while upstream is connected",
                                 value=1 if gw.forwarder.connected.is_set() else 0)
         yield GaugeMetricFamily(p + "ingest_queue", "messages waiting for the committer",
-                                value=gw.inq.qsize())
+                                value=len(gw.inq))
         yield CounterMetricFamily(p + "ingest_backpressure", "times the ingest queue was full",
-                                  value=sum(c.backpressure for c in gw.conns))
+                                  value=gw.inq.full_waits)
         yield CounterMetricFamily(p + "upstream_batches", "batches published upstream",
                                   value=gw.forwarder.batches_sent)
         yield GaugeMetricFamily(p + "commit_seconds", "duration of the last group commit",

@@ -77,16 +77,25 @@ def _topic_text(topic: str | bytes) -> str:
     return topic[:128].decode("utf-8", "replace")
 
 
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
+_REC = ('{"id":"%s:%d:%d","device":"%s","kind":"%s","epoch":%d,"seq":%d,"ts":%d,"key_id":%d,'
+        '"backlog":%s,"unsynced":%s,"received_at":%r,"body":%s,"envelope":"%s"}')
+_BOOL = {False: "false", True: "true"}
+
+
 def record_json(device: str, env: Any, payload: bytes | bytearray,
                 received_at: float) -> tuple[str, str]:
-    """(id, JSON) of the upstream record for an accepted envelope."""
+    """(id, JSON) of the upstream record for an accepted envelope.
+
+    Formatted by hand for speed: the device id is a checked ``[A-Za-z0-9_-]``
+    string and every other field is a number, a bool or base64, so nothing
+    needs escaping; the body goes through the JSON encoder.
+    """
     rec_id = "%s:%d:%d" % (device, env.epoch, env.seq)
-    rec = {"id": rec_id, "device": device, "kind": NAME_BY_KIND[env.kind],
-           "epoch": env.epoch, "seq": env.seq, "ts": env.ts, "key_id": env.key_id,
-           "backlog": env.backlog, "unsynced": env.unsynced, "received_at": received_at,
-           "body": env.body,
-           "envelope": base64.b64encode(payload).decode("ascii")}
-    return rec_id, json.dumps(rec, separators=(",", ":"))
+    return rec_id, _REC % (device, env.epoch, env.seq, device, NAME_BY_KIND[env.kind],
+                           env.epoch, env.seq, env.ts, env.key_id, _BOOL[env.backlog],
+                           _BOOL[env.unsynced], float(received_at), _encode(env.body),
+                           base64.b64encode(payload).decode("ascii"))
 
 
 def decide(topic: str | bytes, payload: bytes | bytearray, lookup: Lookup, window_of: WindowOf,

@@ -9,7 +9,6 @@ acknowledgements (deletes), liveness timeouts and TTLs in the same commits.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections import deque
@@ -17,7 +16,7 @@ from collections.abc import Callable
 
 from gateway.config import GatewayConfig
 from gateway.forwarder import Forwarder
-from gateway.ingest import Item, LocalConnection
+from gateway.ingest import Feed, Item, LocalConnection
 from gateway.liveness import LivenessTracker
 from gateway.pipeline import Accepted, decide, protocol_limits
 from gateway.registry import KeyCache, Registry
@@ -41,7 +40,7 @@ class Gateway:
         self.windows: dict[tuple[str, int], ReplayWindow] = self.store.load_windows()
         self.liveness = LivenessTracker(cfg.liveness)
         self.liveness.restore(self.store.load_liveness())
-        self.inq: queue.Queue[Item] = queue.Queue(cfg.ingest.queue_max)
+        self.inq = Feed(cfg.ingest.queue_max)
         self.acked: deque[list[ACKED]] = deque()
         self.forwarder = Forwarder(cfg, self.acked.append)
         self.conns = [LocalConnection(cfg.local, i, self.inq)
@@ -78,7 +77,7 @@ class Gateway:
     def shutdown(self) -> None:
         for c in self.conns:
             c.stop()
-        while not self.inq.empty():   # commit and ack what was already received
+        while len(self.inq):   # commit and ack what was already received
             self.step(0.0)
         self.forwarder.stop()
         self.step(0.0)
@@ -91,26 +90,8 @@ class Gateway:
     # ---- one group commit ----
 
     def _drain(self, timeout: float) -> list[Item]:
-        items: list[Item] = []
-        try:
-            items.append(self.inq.get(timeout=timeout) if timeout > 0 else self.inq.get_nowait())
-        except queue.Empty:
-            return items
-        cap = self.cfg.ingest.batch_max
-        deadline = time.monotonic() + self.cfg.ingest.linger_ms / 1000.0
-        get = self.inq.get_nowait
-        while len(items) < cap:
-            try:
-                items.append(get())
-            except queue.Empty:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                try:
-                    items.append(self.inq.get(timeout=left))
-                except queue.Empty:
-                    break
-        return items
+        return self.inq.take(self.cfg.ingest.batch_max, timeout,
+                             self.cfg.ingest.linger_ms / 1000.0)
 
     def step(self, timeout: float = 0.1) -> int:
         """Receive, verify and commit one batch, then acknowledge it. Returns its size."""
@@ -159,9 +140,12 @@ class Gateway:
             self.store.commit(b, now)
             self.last_commit_s = time.perf_counter() - t0
             self.commits += 1
+        acks: dict[tuple[LocalConnection, int], list[int]] = {}
         for _topic, _payload, mid, qos, _t, conn, gen in items:
             if qos:
-                conn.ack(mid, qos, gen)
+                acks.setdefault((conn, gen), []).append(mid)
+        for (conn, gen), mids in acks.items():
+            conn.ack_many(mids, gen)
         if b.records:
             self.forwarder.wake.set()
         if b.counts:

@@ -1,6 +1,8 @@
 """The gateway's durable state: one SQLite database in WAL mode.
 
-Tables: ``queue`` (records waiting for their upstream PUBACK, by lane),
+Tables: ``queue_alarm``, ``queue_status``, ``queue_telemetry`` (records
+waiting for their upstream PUBACK; one table per lane, so that the row id is
+the only index and acknowledged runs are deleted by range),
 ``windows`` (replay windows per device and protocol lane), ``quarantine``
 (a bounded sample of rejected messages), ``counters`` (every count by
 reason), ``liveness``, ``cmd_counter`` and ``meta``.
@@ -33,9 +35,12 @@ from gateway.pipeline import LANE_NAMES, LANE_STATUS, liveness_record
 from protocol.replay import ReplayWindow
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS queue(id INTEGER PRIMARY KEY AUTOINCREMENT,
-    lane INTEGER NOT NULL, received_at REAL NOT NULL, size INTEGER NOT NULL, rec TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS queue_lane ON queue(lane, id);
+CREATE TABLE IF NOT EXISTS queue_alarm(id INTEGER PRIMARY KEY AUTOINCREMENT,
+    received_at REAL NOT NULL, size INTEGER NOT NULL, rec TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS queue_status(id INTEGER PRIMARY KEY AUTOINCREMENT,
+    received_at REAL NOT NULL, size INTEGER NOT NULL, rec TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS queue_telemetry(id INTEGER PRIMARY KEY AUTOINCREMENT,
+    received_at REAL NOT NULL, size INTEGER NOT NULL, rec TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS windows(device TEXT NOT NULL, lane INTEGER NOT NULL,
     state BLOB NOT NULL, PRIMARY KEY(device, lane)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS quarantine(id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL,
@@ -48,6 +53,7 @@ CREATE TABLE IF NOT EXISTS cmd_counter(device TEXT PRIMARY KEY, epoch INTEGER NO
     seq INTEGER NOT NULL) WITHOUT ROWID;
 """
 
+TABLES = tuple("queue_" + name for name in LANE_NAMES)
 NEW_RECORD = tuple[int, float, str]          # lane, received_at, REC json
 ACKED = tuple[int, int, int]                 # row id, lane, size
 QUARANTINE_ROW = tuple[float, str, str | None, str, str, bytes]
@@ -98,9 +104,7 @@ class Store:
         self.counters: dict[str, int] = dict(self.db.execute("SELECT name, value FROM counters"))
         self.lane_rows = [0] * len(LANE_NAMES)
         self.lane_bytes = [0] * len(LANE_NAMES)
-        for lane, n, b in self.db.execute(
-                "SELECT lane, COUNT(*), COALESCE(SUM(size), 0) FROM queue GROUP BY lane"):
-            self.lane_rows[lane], self.lane_bytes[lane] = n, b
+        self._recount()
         self.over_quota = [False] * len(LANE_NAMES)
         self.ttl_every_s = ttl_every_s
         self._next_ttl = 0.0
@@ -161,11 +165,15 @@ class Store:
             db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES('liveness_n', ?)", (n,))
             b.count("liveness_emitted", len(b.transitions))
         if b.records:
-            rows = [(lane, t, len(rec), rec) for lane, t, rec in b.records]
-            db.executemany("INSERT INTO queue(lane, received_at, size, rec) VALUES(?,?,?,?)", rows)
-            for lane, _, size, _ in rows:
-                self.lane_rows[lane] += 1
-                self.lane_bytes[lane] += size
+            by_lane: list[list[tuple[float, int, str]]] = [[] for _ in TABLES]
+            for lane, t, rec in b.records:
+                by_lane[lane].append((t, len(rec), rec))
+            for lane, rows in enumerate(by_lane):
+                if rows:
+                    db.executemany("INSERT INTO %s(received_at, size, rec) VALUES(?,?,?)"
+                                   % TABLES[lane], rows)
+                    self.lane_rows[lane] += len(rows)
+                    self.lane_bytes[lane] += sum(r[1] for r in rows)
             self._enforce_quota(b)
         if b.windows:
             db.executemany("INSERT OR REPLACE INTO windows(device, lane, state) VALUES(?,?,?)",
@@ -193,26 +201,42 @@ class Store:
         return now >= self._next_ttl
 
     def _delete_acked(self, b: CommitBatch) -> None:
-        db = self.db
-        cur = db.executemany("DELETE FROM queue WHERE id=?", [(a[0],) for a in b.acked])
-        if cur.rowcount == len(b.acked):
+        """Delete acknowledged rows, by id ranges (acks come in runs of consecutive ids)."""
+        deleted = 0
+        by_lane: list[list[int]] = [[] for _ in TABLES]
+        for rid, lane, _ in b.acked:
+            by_lane[lane].append(rid)
+        for lane, ids in enumerate(by_lane):
+            if not ids:
+                continue
+            ids.sort()
+            runs = []
+            start = prev = ids[0]
+            for i in ids[1:]:
+                if i != prev + 1:
+                    runs.append((start, prev))
+                    start = i
+                prev = i
+            runs.append((start, prev))
+            for lo, hi in runs:
+                deleted += self.db.execute("DELETE FROM %s WHERE id BETWEEN ? AND ?"
+                                           % TABLES[lane], (lo, hi)).rowcount
+        if deleted == len(b.acked):
             for _, lane, size in b.acked:
                 self.lane_rows[lane] -= 1
                 self.lane_bytes[lane] -= size
-            b.count("forwarded", len(b.acked))
-        else:  # some were evicted or expired meanwhile; recount exactly
+        else:  # some were evicted or expired meanwhile (or acked twice); recount exactly
             self._recount()
-            b.count("forwarded", max(cur.rowcount, 0))
+        b.count("forwarded", deleted)
 
     def _recount(self) -> None:
-        self.lane_rows = [0] * len(LANE_NAMES)
-        self.lane_bytes = [0] * len(LANE_NAMES)
-        for lane, n, s in self.db.execute(
-                "SELECT lane, COUNT(*), COALESCE(SUM(size), 0) FROM queue GROUP BY lane"):
-            self.lane_rows[lane], self.lane_bytes[lane] = n, s
+        for lane, table in enumerate(TABLES):
+            n, size = self.db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM " + table
+                                      ).fetchone()
+            self.lane_rows[lane], self.lane_bytes[lane] = n, size
 
     def _drop(self, lane: int, ids: list[int], freed: int, reason: str, b: CommitBatch) -> None:
-        self.db.executemany("DELETE FROM queue WHERE id=?", [(i,) for i in ids])
+        self.db.executemany("DELETE FROM %s WHERE id=?" % TABLES[lane], [(i,) for i in ids])
         self.lane_rows[lane] -= len(ids)
         self.lane_bytes[lane] -= freed
         b.count("dropped:%s:%s" % (reason, LANE_NAMES[lane]), len(ids))
@@ -221,8 +245,8 @@ class Store:
         for lane, policy in enumerate(self.policies):
             need = lanes.bytes_to_free(self.lane_bytes[lane], policy)
             while need > 0:
-                rows = self.db.execute("SELECT id, size FROM queue WHERE lane=? ORDER BY id"
-                                       " LIMIT 2000", (lane,)).fetchall()
+                rows = self.db.execute("SELECT id, size FROM %s ORDER BY id LIMIT 2000"
+                                       % TABLES[lane]).fetchall()
                 if not rows:
                     break
                 ids, freed = lanes.pick_oldest(rows, need)
@@ -239,8 +263,8 @@ class Store:
             if cutoff is None:
                 continue
             while True:
-                rows = self.db.execute("SELECT id, received_at, size FROM queue WHERE lane=?"
-                                       " ORDER BY id LIMIT 2000", (lane,)).fetchall()
+                rows = self.db.execute("SELECT id, received_at, size FROM %s ORDER BY id"
+                                       " LIMIT 2000" % TABLES[lane]).fetchall()
                 old = [(i, s) for i, t, s in rows if t < cutoff]
                 if old:
                     self._drop(lane, [i for i, _ in old], sum(s for _, s in old), EXPIRED_TTL, b)
@@ -261,23 +285,23 @@ class Reader:
 
     def fetch(self, lane: int, after: int, limit: int) -> list[tuple[int, int, str]]:
         """(id, size, REC) of the oldest records of ``lane`` with id > ``after``."""
-        return self.db.execute("SELECT id, size, rec FROM queue WHERE lane=? AND id>?"
-                               " ORDER BY id LIMIT ?", (lane, after, limit)).fetchall()
+        return self.db.execute("SELECT id, size, rec FROM %s WHERE id>? ORDER BY id LIMIT ?"
+                               % TABLES[lane], (after, limit)).fetchall()
 
     def lane_stats(self) -> list[tuple[int, int, float | None]]:
         """Per lane: (records, bytes, received_at of the oldest)."""
         out = []
         for lane in range(len(LANE_NAMES)):
-            n, size = self.db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM queue"
-                                      " WHERE lane=?", (lane,)).fetchone()
-            row = self.db.execute("SELECT received_at FROM queue WHERE lane=? ORDER BY id"
-                                  " LIMIT 1", (lane,)).fetchone()
+            n, size = self.db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM "
+                                      + TABLES[lane]).fetchone()
+            row = self.db.execute("SELECT received_at FROM %s ORDER BY id LIMIT 1"
+                                  % TABLES[lane]).fetchone()
             out.append((n, size, row[0] if row else None))
         return out
 
     def oldest(self, lane: int) -> float | None:
-        row = self.db.execute("SELECT received_at FROM queue WHERE lane=? ORDER BY id LIMIT 1",
-                              (lane,)).fetchone()
+        row = self.db.execute("SELECT received_at FROM %s ORDER BY id LIMIT 1"
+                              % TABLES[lane]).fetchone()
         return float(row[0]) if row else None
 
     def counters(self) -> dict[str, int]:

@@ -223,7 +223,8 @@ def test_store_survives_sigkill_mid_commit_with_every_committed_batch(tmp_path: 
         p.wait()
         con = sqlite3.connect(str(db))
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        rows = con.execute("SELECT COUNT(*) FROM queue").fetchone()[0]
+        rows = sum(con.execute("SELECT COUNT(*) FROM queue_" + lane).fetchone()[0]
+                   for lane in ("alarm", "status", "telemetry"))
         accepted = con.execute("SELECT value FROM counters WHERE name='accepted'").fetchone()[0]
         con.close()
         assert rows == accepted                 # records and counters commit together
