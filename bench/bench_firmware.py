@@ -14,6 +14,8 @@ the wire and flash writes per hour for a moving recorder at default settings.
    of a receiver moving at 36 km/h with the default parameters; MQTT bytes
    both ways are counted by the client, flash writes by the flash store.
    The same hour offline gives the flash writes of the batched outbox.
+4. Fleet stepping: 1000 devices on simulated boards in one CPython process,
+   the cost of one ``Device.poll`` (what the fleet simulator will pay).
 """
 
 from __future__ import annotations
@@ -182,6 +184,30 @@ def simulated_hour(work: Path, port: int | None, seconds: int = 3600) -> dict[st
             "depth": dev.outbox.depth}
 
 
+def fleet_stepping(work: Path, n: int = 1000, seconds: int = 60) -> tuple[float, int]:
+    """µs per Device.poll with n devices in one CPython process (no network),
+    one GNSS epoch per device per simulated second (NMEA synthesis included)."""
+    from firmware.app.factory import make_device
+    from firmware.boards.sim import NoLink, SimBoard, SimClock
+
+    clock = SimClock(unix_s=int(time.time()))
+    devs = []
+    for i in range(n):
+        d = work / "fleet" / str(i)
+        provision(d, "fl-%04d" % i, "wristband" if i % 2 else "recorder", key=bytes(32))
+        board = SimBoard(str(d), clock=clock, link=NoLink())
+        devs.append((board, make_device(board, 0), Track(lat=31 + i * 1e-3)))
+    t0 = time.perf_counter()
+    for _ in range(seconds):
+        clock.advance(1000)
+        for board, dev, track in devs:
+            track.step(1)
+            board.uart.feed(track.sentences(clock.time()))
+            dev.poll(clock.ms)
+    dt = time.perf_counter() - t0
+    return dt / (n * seconds) * 1e6, sum(dev.records for _, dev, _ in devs)
+
+
 def main() -> None:
     quick = "--quick" in sys.argv
     work = Path(tempfile.mkdtemp(prefix="bench-fw-"))
@@ -210,6 +236,10 @@ def main() -> None:
                                             on["flash_writes"]))
         print("offline: flash writes/h %.0f (%.0f bytes/h), outbox depth after %d s: %d"
               % (off["flash_writes"], off["flash_bytes"], seconds, off["depth"]))
+        n = 200 if quick else 1000
+        us, records = fleet_stepping(work, n)
+        print("== fleet stepping: %d devices in one CPython process, 60 simulated s" % n)
+        print("%.0f us per Device.poll with a GNSS epoch (%d records)" % (us, records))
     finally:
         broker.stop()
 
