@@ -3,7 +3,8 @@
     gnss   a virtual GNSS receiver on a serial port, a new pty, or stdout
     check  the end-to-end checker on the upstream broker (or an offline capture)
     rogue  the rogue client against a loopback broker
-    fleet, demo  (later: they need the firmware and the gateway)
+    fleet  a simulated fleet against a real site (brokers, gateway) with faults, checked
+    demo   the main job on embedded defaults (make demo)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from protocol.topics import is_valid_device_id
 from simulators.rogue import Captured
+from simulators.runner_cli import add_demo, add_fleet
 from simulators.routes import DAY_S, LOCAL_UTC_OFFSET_S, ROUTE_KINDS, make_route
 
 EXIT_USAGE = 2
@@ -385,19 +387,6 @@ def cmd_rogue(a: argparse.Namespace) -> int:
     return 0 if res.publish_failed == 0 else 1
 
 
-# ---- later -----------------------------------------------------------------------
-
-def _add_later(sub: argparse._SubParsersAction, name: str, what: str) -> None:
-    p = sub.add_parser(name, help="%s (not available yet)" % what)
-    p.set_defaults(func=lambda a: _later(name), takes_any=True)
-
-
-def _later(name: str) -> int:
-    print("simulators %s: not available yet — it runs the firmware's app code and the gateway, "
-          "and lands with them (issue 5, second part)" % name, file=sys.stderr)
-    return EXIT_USAGE
-
-
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m simulators", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -405,8 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_gnss(sub)
     _add_check(sub)
     _add_rogue(sub)
-    _add_later(sub, "fleet", "simulated fleet of recorders and wristbands")
-    _add_later(sub, "demo", "everything together, as `make demo`")
+    add_fleet(sub)
+    add_demo(sub)
     return ap
 
 

@@ -124,11 +124,15 @@ def test_cli_rogue_needs_own_key_with_own_device(capsys: pytest.CaptureFixture[s
     assert "go together" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["fleet", "demo"])
-def test_cli_later_commands_say_they_are_not_there_yet(
-        name: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main([name, "--recorders", "3"]) == 2
-    assert "not available yet" in capsys.readouterr().err
+def test_cli_fleet_rejects_a_bad_fault_with_a_specific_error(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["fleet", "--fault", "10:meteor_strike"]) == 2
+    assert "unknown action 'meteor_strike'" in capsys.readouterr().err
+
+
+def test_cli_fleet_rejects_an_empty_fleet(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["fleet", "--recorders", "0", "--wristbands", "0"]) == 2
+    assert "at least one device" in capsys.readouterr().err
 
 
 @pytest.mark.broker
