@@ -309,3 +309,33 @@ def test_sos_from_the_control_channel_overtakes_the_backlog(tmp_path, broker):
     after = [t.rsplit("/", 1)[1] for t, _ in col.messages[mark:]
              if not t.endswith("/status")]
     assert after[0] == "alarm" and "gps" in after
+
+
+def test_signed_command_is_executed_and_acked_forged_one_is_not(tmp_path, broker):
+    from protocol.auth import Signer
+    from protocol.message import encode
+    from protocol.topics import KIND_CMD
+
+    did = "mp-cmd-1"
+    key = provision(tmp_path, did, port=broker.port)
+    col = Collector(broker.port, "ft/v1/%s/#" % did)
+    try:
+        with UnixDevice(tmp_path) as dev:
+            dev.wait_line("I connected", 15)
+            forged = encode(Signer(did, bytes(32), 0), KIND_CMD, 9, 1, int(time.time()),
+                            {"action": "reboot", "params": {}})
+            col.publish("ft/v1/%s/cmd" % did, forged)
+            dev.wait_line("W command refused: bad_signature", 10)
+            good = encode(Signer(did, key, 0), KIND_CMD, 9, 2, int(time.time()),
+                          {"action": "set_params", "params": {"hb_interval_s": 120}})
+            col.publish("ft/v1/%s/cmd" % did, good)
+            col.wait(lambda m: any(t.endswith("/ack") for t, _ in m), 10)
+            col.publish("ft/v1/%s/cmd" % did, good)             # a replay
+            dev.wait_line("W command refused: duplicate", 10)
+    finally:
+        col.close()
+    seen = check_stream(col.messages, did, key)
+    from protocol.codec import decode
+    acks = [decode(p).body for p in seen.values() if p[0] & 0x0F == 6]
+    assert acks == [{"cmd_epoch": 9, "cmd_seq": 2, "result": "ok"}]
+    assert json.loads((tmp_path / "params.json").read_text())["hb_interval_s"] == 120

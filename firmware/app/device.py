@@ -156,6 +156,7 @@ class Device:
         self._task("store", self._store, now_ms)
         self.monitor.feed_if_alive(self.board.watchdog, now_ms)
         if self.reboot_at is not None and ticks_diff(now_ms, self.reboot_at) >= 0:
+            self.reboot_at = None
             self.shutdown("reboot command")
             self.board.reboot()
         if self.mqtt.connected and (self.outbox.alarm.pending_send()
@@ -395,7 +396,12 @@ class Device:
             self.log("W message on unexpected topic %s" % topic[:40])
             return
         clock = self.board.clock
-        env = self.gate.check(topic, bytes(payload_mv), clock.time(), clock.synced)
+        try:
+            env = self.gate.check(topic, bytes(payload_mv), clock.time(), clock.synced)
+        except OSError as e:
+            # the window could not be saved: acting now would allow a replay later
+            self.log("E command window not saved, command refused: %s" % e)
+            return
         if env is None:
             self.log("W command refused: %s" % self.gate.last_reason)
             return
