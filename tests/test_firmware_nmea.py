@@ -8,10 +8,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from firmware.app.nmea import MAX_LINE, NmeaParser
-from firmware.devtools import fix_sentences, no_fix_sentences, sentence
+from firmware.devtools import ROOT, fix_sentences, no_fix_sentences, sentence
 from protocol.codec import FIX_3D, GNSS_BEIDOU, GNSS_GLONASS, GNSS_GPS
 
-DATA = Path(os.environ.get("FT_NMEA_DIR", "/work/shared/data/nmea"))
+# GPSD's regression captures, kept in the repository (BSD terms: COPYING.gpsd)
+DATA = Path(os.environ.get("FT_NMEA_DIR", str(ROOT / "firmware" / "testdata" / "nmea")))
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="NMEA captures not available")
 
 
