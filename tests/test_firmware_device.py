@@ -231,3 +231,36 @@ def test_broker_garbage_closes_the_session_and_device_keeps_going(tmp_path):
         time.sleep(0.005)
     srv.close()
     assert dev.errors == 0 and dev.outbox.depth >= 1
+
+
+class RefusingLink:
+    """A link that is up but whose broker never answers."""
+
+    signal = -80
+
+    def __init__(self):
+        self.attempts = []
+        self.clock = None
+
+    def up(self):
+        return True
+
+    def signal_dbm(self):
+        return self.signal
+
+    def open(self, host, port, tls, timeout_ms):
+        self.attempts.append(self.clock.ms)
+        raise OSError(111, "refused")
+
+
+def test_reconnect_backs_off_exponentially_with_jitter_up_to_the_cap(tmp_path):
+    link = RefusingLink()
+    board, dev = make(tmp_path, link=link,
+                      broker_extra={"backoff_min_ms": 1000, "backoff_max_s": 30})
+    link.clock = board.clock
+    run(board, dev, 300, step_ms=100)
+    gaps = [b - a for a, b in zip(link.attempts, link.attempts[1:], strict=False)]
+    assert len(gaps) >= 6
+    assert gaps[0] < 2000 and gaps[4] > 6000               # grows...
+    assert max(gaps) <= 30000 * 1.5 + 100                    # ...up to the cap
+    assert len(set(gaps[-3:])) > 1                           # jitter: not lockstep
