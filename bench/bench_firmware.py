@@ -218,6 +218,8 @@ def main() -> None:
         print("== heap per app (MicroPython unix port, -X heapsize=192k, .mpy build)")
         for kind, line in heap_per_app(broker.port, work, fw).items():
             m = re.search(r"live_peak (\d+) code (\d+)", line)
+            if m is None:
+                raise SystemExit("no heap figures in %r" % line)
             peak, code = int(m.group(1)), int(m.group(2))
             print("%-10s code %6.1f KiB  live peak %6.1f KiB  data %5.1f KiB" % (
                 kind, code / 1024, peak / 1024, (peak - code) / 1024))

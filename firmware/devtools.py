@@ -144,7 +144,8 @@ class UnixDevice:
         self._ctl = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 
     def _read(self) -> None:
-        assert self.proc.stdout is not None
+        if self.proc.stdout is None:
+            return
         for raw in self.proc.stdout:
             with self._cond:
                 self.lines.append(raw.decode(errors="replace").rstrip())
