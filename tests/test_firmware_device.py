@@ -182,6 +182,9 @@ def test_device_keeps_running_when_gnss_sends_garbage(tmp_path):
         dev.poll(board.clock.ms)
     run(board, dev, 3, Track())
     assert kinds(dev, "gps") and dev.errors == 0
+    dev._hb_next = board.clock.ms
+    run(board, dev, 1)
+    assert any(ln.startswith("W gnss input dropped") for ln in board.logs)
 
 
 def test_cpython_device_publishes_to_a_real_broker(tmp_path, broker):

@@ -115,6 +115,7 @@ class Device:
         self.reset_cause = b.reset_cause()
         self.boot_ms = now_ms
         self._fix_seen = 0
+        self._nmea_logged = (0, 0, 0)
         self._fix_ms = None
         self._utc_seen = 0
         self._force_fix = True               # first fix after boot goes out
@@ -267,7 +268,18 @@ class Device:
         n = self._pack_fix(n, now_ms)
         self._queue(KIND_GPS, n, False, now_ms)
 
+    def _log_gnss_noise(self):
+        """Dropped NMEA input, logged with its reason once per heartbeat."""
+        p = self.nmea
+        now = (p.bad_checksum, p.overlong, p.garbage)
+        last = self._nmea_logged
+        if now != last:
+            self.log("W gnss input dropped: %d bad checksum, %d overlong, %d garbage" % (
+                now[0] - last[0], now[1] - last[1], now[2] - last[2]))
+            self._nmea_logged = now
+
     def _capture_hb(self, now_ms):
+        self._log_gnss_noise()
         hb = self._hb
         b = self.board
         hb["battery_pct"] = b.battery.percent()
