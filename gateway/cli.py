@@ -83,7 +83,8 @@ def cmd_command(args: argparse.Namespace) -> int:
     from gateway.commands import send_command
 
     cfg = _config(args)
-    res = send_command(cfg, args.device, args.action, _params(args.params), args.timeout)
+    res = send_command(cfg, args.device, args.action, _params(args.params), args.timeout,
+                       args.grace_s)
     _print(res.as_dict())
     return 0 if res.result is not None else EXIT_NO_ACK
 
@@ -173,9 +174,11 @@ def parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("command", parents=[common], help="send a signed downlink command")
     c.add_argument("device")
-    c.add_argument("action", help="set_params | locate_now | reboot | clear_alarm")
+    c.add_argument("action", help="set_params | locate_now | reboot | clear_alarm | rotate_key")
     c.add_argument("params", nargs="*", help="name=value for set_params")
     c.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the ack")
+    c.add_argument("--grace-s", type=float, default=7 * 86400,
+                   help="rotate_key: how long the old key stays valid (default 7 days)")
     c.set_defaults(func=cmd_command)
 
     st = sub.add_parser("status", parents=[common], help="queue, rates, rejections, devices")

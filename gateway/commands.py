@@ -11,6 +11,7 @@ verifies and forwards the same ack upstream like any uplink.
 from __future__ import annotations
 
 import queue
+import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -58,13 +59,32 @@ def build_command(device: str, key: bytes, key_id: int, action: str, params: dic
 
 
 def send_command(cfg: GatewayConfig, device: str, action: str, params: dict[str, int],
-                 timeout_s: float = 10.0) -> CommandResult:
-    dev = Registry(cfg.registry_path).get(device)
+                 timeout_s: float = 10.0, grace_s: float = 7 * 86400) -> CommandResult:
+    """Sign, publish and await the ack of one command.
+
+    ``rotate_key`` draws a new key, wraps it under the current one
+    (``protocol.message.encode_rotate_key``) and rotates the registry before
+    sending: the gateway accepts the new key id from then on and the old key
+    for ``grace_s`` more, so no record in flight is refused.
+    """
+    registry = Registry(cfg.registry_path)
+    dev = registry.get(device)
     if dev.revoked:
         raise CommandError("device %s is revoked" % device)
     epoch, seq = next_command_id(cfg.store_path, device)
-    payload = build_command(device, dev.current_key, dev.current_key_id, action, params,
-                            epoch, seq, int(time.time()))
+    now = int(time.time())
+    if action == "rotate_key":
+        if params:
+            raise CommandError("rotate_key takes no parameters")
+        new_key = secrets.token_bytes(32)
+        new_kid = (dev.current_key_id + 1) % 16
+        payload = message.encode_rotate_key(Signer(device, dev.current_key, dev.current_key_id),
+                                            epoch, seq, now, new_kid, new_key)
+        registry.rotate_key(device, grace_s, key=new_key)
+    else:
+        payload = build_command(device, dev.current_key, dev.current_key_id, action, params,
+                                epoch, seq, now)
+    dev = registry.get(device)
     keys = DeviceKeys(dev.usable_keys(time.time()), dev.revoked)
     acks: queue.Queue[str] = queue.Queue(16)
     subscribed = queue.Queue[int](1)

@@ -132,6 +132,6 @@ class LivenessTracker:
 
     def counts(self) -> dict[str, int]:
         c = {s: 0 for s in STATES}
-        for e in self.devices.values():
+        for e in list(self.devices.values()):   # atomic copy: metrics read from another thread
             c[e.state] += 1
         return c

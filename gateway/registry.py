@@ -249,11 +249,11 @@ class KeyCache:
             return None
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
-    def refresh(self, now: float, force: bool = False) -> bool:
-        """Reload if due; returns True when the key set changed."""
+    def refresh(self, now: float, force: bool = False, check_now: bool = False) -> bool:
+        """Reload if due (``check_now``: look at the file now); True when keys changed."""
         mono = time.monotonic()
         expired = self._expiry is not None and now >= self._expiry
-        if not force and not expired and mono < self._next_check:
+        if not force and not expired and not check_now and mono < self._next_check:
             return False
         self._next_check = mono + self.check_every_s
         stamp = self._file_stamp()

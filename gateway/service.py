@@ -21,11 +21,13 @@ from gateway.liveness import LivenessTracker
 from gateway.pipeline import Accepted, decide, protocol_limits
 from gateway.registry import KeyCache, Registry
 from gateway.store import ACKED, CommitBatch, Store
+from protocol.errors import KEY_UNKNOWN, UNKNOWN_DEVICE
 from protocol.replay import ReplayWindow
 
 log = logging.getLogger("gateway")
 
 TICK_EVERY_S = 0.5
+RELOAD_REASONS = (KEY_UNKNOWN, UNKNOWN_DEVICE)
 
 
 class Gateway:
@@ -108,6 +110,12 @@ class Gateway:
         for topic, payload, _mid, _qos, t, _conn, _gen in items:
             d = decide(topic, payload, lookup, window_of, t, cfg.limits, self.plimits,
                        cfg.gateway_id)
+            if (not isinstance(d, Accepted) and d.reason in RELOAD_REASONS
+                    and self.keys.refresh(now, check_now=True)):
+                # the registry changed since the last periodic check (a device was
+                # just added or its key rotated): decide again with the new keys
+                d = decide(topic, payload, lookup, window_of, t, cfg.limits, self.plimits,
+                           cfg.gateway_id)
             if isinstance(d, Accepted):
                 key = (d.device, d.replay_lane)
                 self.windows[key] = d.window

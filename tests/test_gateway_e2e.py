@@ -259,3 +259,44 @@ def test_cli_devices_provision_and_status(site: Site, tmp_path: Path,
     bad.write_text(site.cfg_path.read_text() + '\n[metrics]\nport = "x"\n')
     assert cli_main(["status", "--config", str(bad)]) == 2
     assert "metrics.port: must be an integer" in capsys.readouterr().err
+
+
+def test_rotate_key_over_the_air_new_and_old_key_both_accepted(site: Site) -> None:
+    from protocol.mac import Mac
+
+    dev = site.device("rec001", key_id=15)
+    new: dict[str, Any] = {}
+    keys = DeviceKeys({dev.key_id: dev.key})
+
+    def on_message(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        v = verify(msg.topic, msg.payload, lambda d: keys, lambda d, ln: None, int(time.time()))
+        assert v.ok and v.envelope.body["action"] == "rotate_key", v
+        new["key"] = message.unwrap_rotate_key(Mac(dev.key), "rec001", v.envelope)
+        new["kid"] = v.envelope.body["new_key_id"]
+        ack = message.encode(Signer("rec001", new["key"], new["kid"]), KIND_ACK, 1, 50,
+                             int(time.time()), {"cmd_epoch": v.envelope.epoch,
+                                                "cmd_seq": v.envelope.seq, "result": "ok"})
+        client.publish(topic_for("rec001", KIND_ACK), ack, qos=1)
+
+    devc = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="rec001")
+    devc.on_message = on_message
+    devc.connect("127.0.0.1", site.local.port)
+    devc.subscribe(topic_for("rec001", KIND_CMD), qos=1)
+    devc.loop_start()
+    try:
+        with RunningGateway(site.cfg) as gw:
+            from gateway.commands import send_command
+            res = send_command(site.cfg, "rec001", "rotate_key", {}, 10, grace_s=3600)
+            assert res.result == "ok" and new["kid"] == 0           # key ids wrap 15 -> 0
+            assert site.registry.get("rec001").current_key == new["key"]
+            rotated = Device("rec001", key=new["key"], key_id=0, epoch=1)
+            rotated.seq = 100
+            pub = site.publisher()
+            pub.publish_all([dev.gps(), rotated.gps()])            # old key in grace, new key
+            assert pub.wait(10)
+            assert site.collector.wait_for(
+                lambda r: {x["key_id"] for x in r if x["kind"] == "gps"} == {15, 0}, 10), (
+                gw.snapshot, site.collector.snapshot())
+    finally:
+        devc.disconnect()
+        devc.loop_stop()
