@@ -50,7 +50,8 @@ class Site:
         self.pki = Pki(self.dir / "pki")
         self.local_port = free_port()
         self.local: Mosquitto | None = None
-        self.upstream = Mosquitto(self.dir / "upstream", name="upstream")
+        # persistent, as a platform broker is: subscribers keep their sessions over a restart
+        self.upstream = Mosquitto(self.dir / "upstream", name="upstream", persistence=True)
         self.gateway_proc: subprocess.Popen[bytes] | None = None
         self.gateway_config = self.dir / "gateway.toml"
         self.gateway_log = self.dir / "gateway.log"
