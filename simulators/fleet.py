@@ -9,7 +9,8 @@ read (one epoll over every connection), so an idle device costs nothing
 between its 1 Hz GNSS reads.
 
 What each device signs is written to a ProducedLog (simulators.checker):
-the firmware traces every record it signs (``T rec``/``T live``), and the
+the firmware traces every record it signs (``T rec`` stored, ``T live``
+status and acks), and the
 records a power cut takes out of RAM before they reached flash are written
 as evicted with reason ``power_cut_ram_tail`` — the firmware's documented
 flash-wear trade-off, kept apart from loss.
@@ -32,7 +33,7 @@ from firmware.app.store import FlashStore
 from firmware.boards.base import Battery, Inputs, NullWatchdog, apply_control, parse_control
 from firmware.boards.tcplink import TcpLink
 from firmware.devtools import provision
-from protocol.codec import decode, decode_header
+from protocol.codec import decode_header
 from protocol.errors import ProtocolError
 from protocol.topics import NAME_BY_KIND
 from simulators.checker import ProducedLog
@@ -41,6 +42,7 @@ from simulators.routes import make_route
 
 MAX_SLEEP_MS = 1000        # GNSS delivers once a second; a device never sleeps longer
 RAM_TAIL_REASON = "power_cut_ram_tail"
+LATENESS_RING = 20000
 
 
 class FleetClock:
@@ -137,24 +139,8 @@ class SimDevice:
         self.receiver.power_on(time.time(), "warm" if self.boots else "cold")
         self.uart.powered = True
         self.app = make_device(FleetBoard(self, reset_cause), now_ms)
-        self._trace_live(self.app)
         self.powered = True
         self.boots += 1
-
-    def _trace_live(self, app: Any) -> None:
-        """Log the records the app signs for live sending only (status, ack)."""
-        signed_now = getattr(app, "_signed_now", None)
-        if signed_now is None:
-            return
-
-        def traced(kind: int, now_ms: int, body: Any) -> bytes:
-            payload: bytes = signed_now(kind, now_ms, body)
-            env = decode(payload)
-            will = env.body.get("state") == "offline" if env.body else False
-            self.on_log("T live %d %d %d%s" % (kind, env.epoch, env.seq, " will" if will else ""))
-            return payload
-
-        app._signed_now = traced
 
     def power_cut(self) -> int:
         """Power lost now: the socket dies without DISCONNECT, the RAM tail is gone."""
@@ -229,8 +215,9 @@ class SimDevice:
                 kind, epoch, seq = int(parts[2]), int(parts[3]), int(parts[4])
             except (IndexError, ValueError):
                 return
-            # A last will may never be published (clean disconnect): not expected.
-            expect = not (parts[1] == "live" and len(parts) > 5 and parts[5] == "will")
+            # Status (birth, last will) and acks are sent live, never stored:
+            # best effort by design, so the checker does not expect them.
+            expect = parts[1] == "rec"
             self.produced.record(self.device_id, NAME_BY_KIND.get(kind, str(kind)), epoch, seq,
                                  time.time(), expect=expect)
             self.records += 1
@@ -316,6 +303,10 @@ class Fleet:
         self._registered: dict[int, tuple[Any, SimDevice]] = {}
         self.heap: list[tuple[int, int]] = []
         self.polls = 0
+        # how late scheduled polls ran (ms), a bounded ring: real time is kept
+        # when this stays small (the GNSS reads are at 1 Hz)
+        self.lateness: list[int] = []
+        self._late_i = 0
 
     def start(self) -> None:
         now = int(time.monotonic() * 1000)
@@ -377,7 +368,21 @@ class Fleet:
                 due, i = heapq.heappop(self.heap)
                 if due != self.devices[i].next_due:
                     continue            # superseded by an earlier poll
+                self._note_late(now_ms - due)
                 self._poll(i, now_ms)
+
+    def _note_late(self, ms: int) -> None:
+        if len(self.lateness) < LATENESS_RING:
+            self.lateness.append(ms)
+        else:
+            self.lateness[self._late_i] = ms
+            self._late_i = (self._late_i + 1) % LATENESS_RING
+
+    def lateness_p(self, q: float) -> int:
+        if not self.lateness:
+            return 0
+        s = sorted(self.lateness)
+        return s[min(len(s) - 1, int(q * len(s)))]
 
     def quiesce(self) -> None:
         for d in self.devices:

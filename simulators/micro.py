@@ -72,9 +72,8 @@ class MicroDevice:
                     kind, epoch, seq = int(parts[2]), int(parts[3]), int(parts[4])
                 except ValueError:
                     continue
-                will = parts[1] == "live" and len(parts) > 5 and parts[5] == "will"
                 self.produced.record(self.spec.device_id, NAME_BY_KIND.get(kind, str(kind)),
-                                     epoch, seq, time.time(), expect=not will)
+                                     epoch, seq, time.time(), expect=parts[1] == "rec")
                 self.records += 1
             elif line.startswith("E "):
                 self.errors.append(line)

@@ -317,6 +317,8 @@ class Device:
         n = self._header(kind, now_ms)
         n = body(n)
         n = self.signer.sign_into(self._env, n, kind)
+        if self.trace:
+            self.log("T live %d %d %d" % (kind, self.counter.epoch, self.counter.seq - 1))
         return bytes(self._env_mv[:n])
 
     def _status(self, state, now_ms):
