@@ -300,3 +300,19 @@ def test_rotate_key_over_the_air_new_and_old_key_both_accepted(site: Site) -> No
     finally:
         devc.disconnect()
         devc.loop_stop()
+
+
+def test_shared_subscription_connections_deliver_everything(tmp_path: Path) -> None:
+    s = Site(tmp_path, local={"connections": 2})
+    try:
+        devs = [s.device("rec%03d" % i) for i in range(4)]
+        msgs = [devs[i % 4].gps() for i in range(400)]
+        with RunningGateway(s.cfg) as gw:
+            assert all(c.filters()[0].startswith("$share/fieldtrace/") for c in gw.conns)
+            pub = s.publisher()
+            pub.publish_all(msgs)
+            assert pub.wait(15)
+            assert s.collector.wait_for(lambda r: len(device_ids(r)) == 400, 15)
+            assert all(c.received > 0 for c in gw.conns)
+    finally:
+        s.close()
