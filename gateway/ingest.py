@@ -27,6 +27,8 @@ from gateway.fastpaho import FastClient
 
 log = logging.getLogger("gateway.ingest")
 
+OVERSIZE_KEEP = 1024    # bytes kept of a payload that is too large anyway (limit <= 128)
+
 # (topic, payload, mid, qos, received_at, connection, generation)
 Item = tuple[str | bytes, bytes | bytearray, int, int, float, "LocalConnection", int]
 
@@ -148,7 +150,12 @@ class LocalConnection:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         self.received += 1
-        item: Item = (msg._topic if msg._topic else b"", msg.payload, msg.mid, msg.qos,
+        payload = msg.payload
+        if len(payload) > OVERSIZE_KEEP:
+            # refused as too_large anyway: keep only a sample, so that a flood of
+            # huge messages cannot fill memory through the bounded (by count) feed
+            payload = payload[:OVERSIZE_KEEP]
+        item: Item = (msg._topic if msg._topic else b"", payload, msg.mid, msg.qos,
                       time.time(), self, self.generation)
         self.out.put(item)
 

@@ -18,7 +18,7 @@ from gateway.config import GatewayConfig
 from gateway.forwarder import Forwarder
 from gateway.ingest import Feed, Item, LocalConnection
 from gateway.liveness import LivenessTracker
-from gateway.pipeline import Accepted, decide, protocol_limits
+from gateway.pipeline import Accepted, Rejected, decide, protocol_limits
 from gateway.registry import KeyCache, Registry
 from gateway.store import ACKED, CommitBatch, Store
 from protocol.errors import KEY_UNKNOWN, UNKNOWN_DEVICE
@@ -27,6 +27,7 @@ from protocol.replay import ReplayWindow
 log = logging.getLogger("gateway")
 
 TICK_EVERY_S = 0.5
+LOG_REJECTIONS_PER_S = 20
 RELOAD_REASONS = (KEY_UNKNOWN, UNKNOWN_DEVICE)
 
 
@@ -55,6 +56,9 @@ class Gateway:
         self.snapshot: dict[str, int] = dict(self.store.counters)
         self.lane_snapshot = (list(self.store.lane_rows), list(self.store.lane_bytes))
         self.alert_logged = [False] * len(cfg.lanes)
+        self._log_second = 0
+        self._log_budget = LOG_REJECTIONS_PER_S
+        self._log_suppressed = 0
 
     def _window_of(self, device: str, lane: int) -> ReplayWindow | None:
         return self.windows.get((device, lane))
@@ -126,8 +130,7 @@ class Gateway:
             elif d.quarantined:
                 b.count("rejected:" + d.reason)
                 b.quarantine.append((t, d.reason, d.device, d.topic, d.detail, d.sample))
-                log.info("rejected", extra={"reason": d.reason, "device": d.device,
-                                            "topic": d.topic, "detail": d.detail})
+                self._log_rejection(d, now)
             else:
                 b.count(d.reason)
         if accepted:
@@ -161,6 +164,20 @@ class Gateway:
             self.lane_snapshot = (list(self.store.lane_rows), list(self.store.lane_bytes))
         self._alerts()
         return len(items)
+
+    def _log_rejection(self, d: Rejected, now: float) -> None:
+        """At most LOG_REJECTIONS_PER_S lines a second; the rest are counted, not logged."""
+        if int(now) != self._log_second:
+            if self._log_suppressed:
+                log.warning("rejections not logged", extra={"count": self._log_suppressed})
+            self._log_second, self._log_budget, self._log_suppressed = (
+                int(now), LOG_REJECTIONS_PER_S, 0)
+        if self._log_budget > 0:
+            self._log_budget -= 1
+            log.info("rejected", extra={"reason": d.reason, "device": d.device,
+                                        "topic": d.topic, "detail": d.detail})
+        else:
+            self._log_suppressed += 1
 
     def _alerts(self) -> None:
         for lane, over in enumerate(self.store.over_quota):
