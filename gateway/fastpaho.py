@@ -9,7 +9,10 @@ the ingest thread's time (see bench/README.md). This subclass:
   tells paho's loop that bytes are waiting, as it already does for TLS), and
   processes every buffered packet in one ``loop_read``;
 - acknowledges a whole group commit with one write (``ack_many``): the
-  PUBACKs are concatenated into one queued packet.
+  PUBACKs are concatenated into one queued packet;
+- hands each message straight to ``on_message`` (no per-topic callback
+  matching, which decodes the topic twice; ``message_callback_add`` is not
+  supported on this client).
 
 It relies on paho 2.x internals (``_create_socket``, ``_packet_read``,
 ``_packet_queue``); pyproject pins paho-mqtt < 3 and the gateway tests
@@ -73,6 +76,18 @@ class FastClient(mqtt.Client):
             if pending is not None and not pending():
                 break
         return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _handle_on_message(self, message: mqtt.MQTTMessage) -> None:
+        on_message = self.on_message
+        if on_message is None:
+            return
+        with self._in_callback_mutex:
+            try:
+                on_message(self, self._userdata, message)
+            except Exception as err:
+                self._easy_log(mqtt.MQTT_LOG_ERR, "Caught exception in on_message: %s", err)
+                if not self.suppress_exceptions:
+                    raise
 
     def ack_many(self, mids: list[int]) -> None:
         """PUBACK every QoS 1 message id in ``mids`` with one queued write."""
