@@ -69,13 +69,13 @@ import math
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from protocol.codec import decode
-from protocol.errors import ProtocolError
+from protocol.errors import KEY_UNKNOWN, UNKNOWN_DEVICE, ProtocolError
 from protocol.replay import LANE_BY_KIND, LANE_STATUS
 from protocol.topics import KIND_BY_NAME, topic_for
 from protocol.verify import DeviceKeys, Limits, verify
@@ -504,6 +504,7 @@ class UpstreamTally:
     def __init__(self, keys: dict[str, DeviceKeys] | None = None,
                  limits: Limits = VERIFY_LIMITS, max_records: int = MAX_RECORDS) -> None:
         self.keys = keys
+        self.refresh_keys: Callable[[], dict[str, DeviceKeys]] | None = None
         self.limits = limits
         self.max_records = max_records
         self.overflow = 0
@@ -591,6 +592,13 @@ class UpstreamTally:
             keys = self.keys
             verdict = verify(topic, raw, keys.get, lambda d, lane: None, int(received_at),
                              self.limits)
+            if (not verdict.ok and verdict.reason in (KEY_UNKNOWN, UNKNOWN_DEVICE)
+                    and self.refresh_keys is not None):
+                # a key rotated (or a device enrolled) since the keys were loaded:
+                # re-read the key source once, as a platform would
+                self.keys = keys = self.refresh_keys()
+                verdict = verify(topic, raw, keys.get, lambda d, lane: None,
+                                 int(received_at), self.limits)
             if not verdict.ok:
                 return str(verdict.reason)
             env = verdict.envelope

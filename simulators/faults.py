@@ -10,6 +10,7 @@ the start of the run:
     25:sos::rec-0001                      SOS button pressed (released 2 s later)
     25:strap_cut::wb-0001                 strap cut (stays cut)
     35:recording::rec-0002                recording starts
+    38:rotate_key::rec-0004               HMAC key rotated by a signed command
     45:broker_restart                     local mosquitto stopped and started
     50:gateway_kill:3                     gateway SIGKILLed, restarted 3 s later
     60:upstream_outage:20                 platform broker down for 20 s
@@ -26,7 +27,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-DEVICE_FAULTS = {"link_outage", "power_cut", "clock_skew", "sos", "strap_cut", "recording"}
+DEVICE_FAULTS = {"link_outage", "power_cut", "clock_skew", "sos", "strap_cut", "recording",
+                 "rotate_key"}
 SITE_FAULTS = {"broker_restart", "gateway_kill", "upstream_outage", "attack"}
 NEEDS_ARG = {"link_outage", "power_cut", "clock_skew", "gateway_kill", "upstream_outage"}
 MAX_AT_S = 7 * 86400

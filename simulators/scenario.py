@@ -35,6 +35,8 @@ from simulators.fleet import (
 )
 from simulators.micro import MicroDevice
 from simulators.rogue import AttackFactory, Captured, OwnDevice, RogueClient, RogueConfig
+from gateway.registry import Registry
+from protocol.verify import DeviceKeys
 from simulators.site import Site, SiteConfig
 
 DEMO_PARAMS = {"gps_period_s": 10, "min_period_s": 5, "stationary_period_s": 30,
@@ -74,6 +76,7 @@ class Outcome:
     fleet: dict[str, int]
     events: list[str] = field(default_factory=list)
     rogue: dict[str, int] = field(default_factory=dict)
+    rotations: list[tuple[str, int, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -82,7 +85,7 @@ class Outcome:
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "checker": json.loads(self.report.to_json()),
                 "gateway": self.gateway, "fleet": self.fleet, "events": self.events,
-                "rogue": self.rogue}
+                "rogue": self.rogue, "rotations": self.rotations}
 
 
 class Scenario:
@@ -99,6 +102,7 @@ class Scenario:
         self.attacks = AttackLog(self.dir / "attacks.jsonl", keep=True)
         self.events: list[str] = []
         self.rogue_result: dict[str, int] = {}
+        self.rotations: list[tuple[str, int, str]] = []
         self.checker: Checker | None = None
         self.fleet: Fleet | None = None
         self.micro: list[MicroDevice] = []
@@ -141,7 +145,9 @@ class Scenario:
         self.site.wait_gateway_ready()
         write_keys_file(self.dir / "keys.json", self.specs + [self.rogue_spec])
         self.checker = Checker(CheckerConfig(port=self.site.upstream.port), self.produced,
-                               self.attacks, load_keys(self.dir / "keys.json")).start()
+                               self.attacks, load_keys(self.dir / "keys.json"))
+        self.checker.tally.refresh_keys = self._registry_keys
+        self.checker.start()
         self._devices()
         assert self.fleet is not None
         self._t0 = time.monotonic()
@@ -167,7 +173,8 @@ class Scenario:
         self.checker.stop()
         gateway = self.gateway_status()
         self.site.stop()
-        out = Outcome(report, gateway, self.fleet.stats(), self.events, self.rogue_result)
+        out = Outcome(report, gateway, self.fleet.stats(), self.events, self.rogue_result,
+                      self.rotations)
         if cfg.json_path is not None:
             Path(cfg.json_path).write_text(json.dumps(out.to_dict(), indent=1, sort_keys=True))
         return out
@@ -200,7 +207,7 @@ class Scenario:
             self.fleet.run_for(0.5)
             for m in self.micro:
                 m.pump()
-            if self._missing() == 0:
+            if self._missing() == 0 and not any(t.is_alive() for t in self._threads):
                 self.event("drained")
                 return
         self.event("drain timed out with %d records missing upstream" % self._missing())
@@ -213,8 +220,15 @@ class Scenario:
         assert self.fleet is not None
         now = time.monotonic() - self._t0
         undo = phase == "undo"
-        if f.action in ("link_outage", "power_cut", "clock_skew", "sos", "strap_cut",
-                        "recording"):
+        if f.action == "rotate_key":
+            # one operator session at a time: the broker forces client id = certificate
+            # name, so two CLI processes with the operator's identity would evict each other
+            t = threading.Thread(target=self._rotate_all, args=(self._targets(f),),
+                                 daemon=True)
+            self._threads.append(t)
+            t.start()
+        elif f.action in ("link_outage", "power_cut", "clock_skew", "sos", "strap_cut",
+                          "recording"):
             ids = self._targets(f)
             for did in ids:
                 self._device_fault(did, f, undo)
@@ -276,6 +290,31 @@ class Scenario:
         elif f.action == "clock_skew" and sim is not None:
             sim.clock.skew_s = 0 if undo else int(f.arg)
             sim.clock.synced = True
+
+    def _registry_keys(self) -> dict[str, DeviceKeys]:
+        """The platform's view of the keys: every usable key in the site's registry."""
+        now = time.time()
+        return {d.device_id: DeviceKeys(d.usable_keys(now), d.revoked)
+                for d in Registry(self.site.dir / "registry.json").all()}
+
+    def _rotate_all(self, device_ids: list[str]) -> None:
+        for did in device_ids:
+            self._rotate(did)
+
+    def _rotate(self, device_id: str) -> None:
+        """``python -m gateway command DEVICE rotate_key`` as an operator would."""
+        cfg = self.dir / "site" / "gateway-cli.toml"
+        try:
+            out = subprocess.run([sys.executable, "-m", "gateway", "command", device_id,
+                                  "rotate_key", "--timeout", "20", "--grace-s", "600",
+                                  "--config", str(cfg)], capture_output=True, text=True,
+                                 timeout=60)
+            self.rotations.append((device_id, out.returncode, out.stdout.strip()[-300:]))
+            self.event("rotate_key %s: %s" % (device_id, "acked" if out.returncode == 0
+                                              else "no ack (%d)" % out.returncode))
+        except (OSError, subprocess.TimeoutExpired) as e:
+            self.rotations.append((device_id, -1, str(e)))
+            self.event("rotate_key %s failed: %s" % (device_id, e))
 
     def _attack(self) -> None:
         """The rogue: its own enrolled device, legit samples from a tap, every attack."""

@@ -94,3 +94,10 @@ def test_attack_set_against_mutual_tls_is_stopped_and_none_is_forwarded(
     out = run(tmp_path, "6:attack", duration=14)
     assert_nothing_lost(out)
     assert out.report.attacks_logged > 200
+
+
+def test_key_rotation_during_a_live_stream_loses_nothing(tmp_path: Path) -> None:
+    out = run(tmp_path, "3:link_outage:6:rec-0001", "5:rotate_key::rec-0001,wb-0002",
+              duration=18)
+    assert_nothing_lost(out)     # re-verified with the registry's keys, old and new
+    assert sorted(d for d, rc, _ in out.rotations if rc == 0) == ["rec-0001", "wb-0002"]

@@ -122,3 +122,63 @@ def test_clear_alarm_stops_fast_reporting_and_says_so(device):
     deliver(device, command(device.test_key, 1, {"action": "clear_alarm", "params": {}}))
     assert not device.alarm_active
     assert device.outbox.alarm.count == 2          # sos, alarm_cleared
+
+
+NEW_KEY = bytes(range(200, 232))
+
+
+def rotate(dev, seq=1, new_kid=1, key=None):
+    from protocol.message import encode_rotate_key
+    return encode_rotate_key(Signer(DEV, key or dev.test_key, 0), 5, seq, int(time.time()),
+                             new_kid, NEW_KEY)
+
+
+def test_rotate_key_installs_the_new_key_and_signs_new_records_with_it(device):
+    deliver(device, rotate(device))
+    keys = {DEV: DeviceKeys({0: device.test_key, 1: NEW_KEY})}
+    v = verify("ft/v1/%s/ack" % DEV, device._acks[0], keys.get, lambda d, lane: None,
+               time.time())
+    assert v.ok and v.envelope.key_id == 1 and v.envelope.body["result"] == "ok"
+    device._capture_hb(device.board.clock.ticks_ms())
+    assert records_key_ids(device) == [1]
+
+
+def test_rotated_key_survives_a_reboot(device, tmp_path):
+    deliver(device, rotate(device))
+    again = make_device(device.board, 0)
+    assert (again.key_id, again.key) == (1, NEW_KEY)
+
+
+def test_records_signed_before_a_rotation_keep_the_old_key_id(device):
+    device._capture_hb(device.board.clock.ticks_ms())
+    deliver(device, rotate(device))
+    device._capture_hb(device.board.clock.ticks_ms())
+    assert records_key_ids(device) == [0, 1]
+
+
+def test_forged_rotate_key_is_refused_and_changes_nothing(device):
+    deliver(device, rotate(device, key=os.urandom(32)))
+    assert device._acks == [] and device.key_id == 0
+    assert not device.board.store.exists("key.rot")
+
+
+def test_commands_under_the_new_key_are_accepted_after_a_rotation(device):
+    deliver(device, rotate(device))
+    deliver(device, encode(Signer(DEV, NEW_KEY, 1), KIND_CMD, 5, 2, int(time.time()),
+                           {"action": "locate_now", "params": {}}))
+    assert len(device._acks) == 2
+
+
+def records_key_ids(dev):
+    from protocol.codec import decode
+    buf = bytearray(140)
+    lane = dev.outbox.tele
+    lane.rewind()
+    out = []
+    while True:
+        n = lane.next_record(buf)
+        if not n:
+            break
+        out.append(decode(bytes(buf[:n])).key_id)
+    lane.rewind()
+    return out

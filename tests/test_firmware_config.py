@@ -96,3 +96,11 @@ def test_safe_idle_recovers_when_a_valid_config_arrives(tmp_path):
     dev.poll(61000)
     assert b.rebooted
     assert isinstance(make_device(board(tmp_path), 0), Recorder)
+
+
+@pytest.mark.parametrize("text", [b"1", b"x " + b"00" * 32, b"16 " + b"00" * 32, b"1 abcd"])
+def test_malformed_rotated_key_puts_the_device_in_safe_idle(tmp_path, text):
+    provision(tmp_path, "rec-0001")
+    (tmp_path / "key.rot").write_bytes(text)
+    dev = make_device(board(tmp_path), 0)
+    assert dev.idle_reason is not None and "key.rot" in dev.idle_reason

@@ -48,12 +48,12 @@ def connected(**kw):
     return c, pipe, events
 
 
-def test_connect_packet_carries_clean_session_keepalive_and_retained_will():
+def test_connect_packet_asks_a_persistent_session_keepalive_and_retained_will():
     c = MqttClient("dev-1", keepalive_s=60)
     pipe = Pipe()
     c.start(pipe, 0, b"w/t", b"bye")
     c.poll(0)
-    assert bytes(pipe.out) == (b"\x10\x1b\x00\x04MQTT\x04\x2e\x00\x3c\x00\x05dev-1"
+    assert bytes(pipe.out) == (b"\x10\x1b\x00\x04MQTT\x04\x2c\x00\x3c\x00\x05dev-1"
                                b"\x00\x03w/t\x00\x03bye")
 
 

@@ -12,6 +12,7 @@ parameter out of range: nothing is changed), ``unsupported`` or ``failed``.
 """
 
 from protocol.codec import ACK_RESULTS
+from protocol.mac import Mac
 from protocol.replay import LANE_CMD
 from protocol.verify import DeviceKeys, Limits, verify
 
@@ -39,6 +40,10 @@ class CommandGate:
         self._windows = window_store      # state.CommandWindow
         self.refused = 0
         self.last_reason = ""
+
+    def add_key(self, key_id, key):
+        """After a rotation: commands under the new key id are accepted too."""
+        self._keys.macs[key_id] = Mac(key)
 
     def _lookup(self, device_id):
         return self._keys if device_id == self.device_id else None

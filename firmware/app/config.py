@@ -26,6 +26,7 @@ CONFIG_FILE = "config.json"
 KEY_HEX_FILE = "key.hex"
 KEY_BIN_FILE = "key.bin"
 PARAMS_FILE = "params.json"    # overrides set by command, survive reboots
+ROTATED_KEY_FILE = "key.rot"   # "<key id> <64 hex>": the key a rotate_key command installed
 
 KINDS = ("recorder", "wristband")
 
@@ -189,6 +190,28 @@ def load_key(store):
     if len(raw) != 32:
         raise ConfigError("key_malformed", "key.bin must hold 32 bytes")
     return raw
+
+
+def load_signing_key(store, provisioned_key_id):
+    """(key id, key) to sign with: the last rotated key, else the provisioned one."""
+    raw = store.read(ROTATED_KEY_FILE, 256)
+    if raw is None:
+        return provisioned_key_id, load_key(store)
+    parts = raw.split()
+    try:
+        kid = int(parts[0])
+        key = binascii.unhexlify(parts[1])
+    except (IndexError, ValueError):
+        raise ConfigError("key_malformed", "key.rot must hold '<key id> <64 hex>'")
+    if len(parts) != 2 or len(key) != 32 or not 0 <= kid <= 15:
+        raise ConfigError("key_malformed", "key.rot must hold '<key id> <64 hex>'")
+    return kid, key
+
+
+def save_rotated_key(store, key_id, key):
+    """Atomic: after a power cut the device signs with the old key or the new, never a mix."""
+    store.write_atomic(ROTATED_KEY_FILE,
+                       ("%d %s" % (key_id, binascii.hexlify(key).decode())).encode())
 
 
 def save_params(store, params):

@@ -24,9 +24,11 @@ minute, the config re-read every minute (so provisioning fixes it in place).
 """
 
 import gc
+from binascii import unhexlify
 
 from protocol import codec
-from protocol.auth import Signer
+
+from protocol.auth import Signer, key_wrap_pad, xor32
 from protocol.codec import ALARM_CODES, MAX_ENVELOPE
 from protocol.topics import (
     KIND_ACK, KIND_ALARM, KIND_CMD, KIND_GPS, KIND_HB, KIND_STATUS, topic_for,
@@ -35,7 +37,9 @@ from protocol.topics import (
 from firmware.app import FW_VERSION
 from firmware.app.commands import FAILED, OK, UNSUPPORTED, CommandGate, plan_set_params
 from firmware.app.compat import mem_free, ticks_add, ticks_diff
-from firmware.app.config import ConfigError, load_config, load_key, save_params
+from firmware.app.config import (
+    ConfigError, load_config, load_signing_key, save_params, save_rotated_key,
+)
 from firmware.app.mqtt import IDLE, MqttClient
 from firmware.app.nmea import NmeaParser
 from firmware.app.outbox import Outbox
@@ -62,7 +66,7 @@ class Device:
         self.reboot_at = None
         try:
             self.cfg = load_config(board.store)
-            self.key = load_key(board.store)
+            self.key_id, self.key = load_signing_key(board.store, self.cfg.key_id)
         except ConfigError as e:
             self._enter_idle(e, now_ms)
             return
@@ -83,8 +87,8 @@ class Device:
         self.params = cfg.params
         self.counter = RecordCounter(b.store)
         self.counter.boot()                  # before the first record is signed
-        self.signer = Signer(cfg.device_id, self.key, cfg.key_id)
-        self.gate = CommandGate(cfg.device_id, self.key, cfg.key_id, CommandWindow(b.store))
+        self.signer = Signer(cfg.device_id, self.key, self.key_id)
+        self.gate = CommandGate(cfg.device_id, self.key, self.key_id, CommandWindow(b.store))
         ob = cfg.outbox
         self.outbox = Outbox(b.store, ob["max_records"], ob["segment_records"],
                              ob["flush_records"], ob["flush_age_s"], ob["cursor_save_s"])
@@ -184,7 +188,7 @@ class Device:
         if ticks_diff(now_ms, self._idle_next) >= 0:
             try:
                 self.cfg = load_config(self.board.store)
-                self.key = load_key(self.board.store)
+                self.key_id, self.key = load_signing_key(self.board.store, self.cfg.key_id)
             except ConfigError as e:
                 self._enter_idle(e, now_ms)
                 return 1000
@@ -236,7 +240,7 @@ class Device:
 
     def _header(self, kind, now_ms):
         clock = self.board.clock
-        flags = codec.make_flags(self.cfg.key_id, not self.mqtt.connected, not clock.synced)
+        flags = codec.make_flags(self.key_id, not self.mqtt.connected, not clock.synced)
         seq = self.counter.next_seq()
         return codec.pack_header(self._env, kind, flags, self.counter.epoch, seq, clock.time())
 
@@ -420,7 +424,7 @@ class Device:
             self.log("W command refused: %s" % self.gate.last_reason)
             return
         try:
-            result = self._execute(env.body)
+            result = self._execute(env)
         except Exception as e:  # noqa: BLE001 - a bad command must not stop the device
             self.log("E command %s: %s" % (env.body["action"], e))
             result = FAILED
@@ -433,7 +437,8 @@ class Device:
             self.acks_dropped += 1
         self._acks.append(rec)
 
-    def _execute(self, body):
+    def _execute(self, env):
+        body = env.body
         action = body["action"]
         now_ms = self.board.clock.ticks_ms()
         if action == "set_params":
@@ -458,7 +463,26 @@ class Device:
             if self.alarm_active:
                 self.raise_alarm("alarm_cleared", 0, now_ms, active=False)
             return OK
+        if action == "rotate_key":
+            return self._rotate_key(env)
         return UNSUPPORTED
+
+    def _rotate_key(self, env):
+        """Install the new key (SPEC 3.5): unwrap under the current key, save it
+        atomically, then sign every new record with it. Records already in the
+        outbox keep the old key id, which the receiver honours for a grace period."""
+        kid = env.body["new_key_id"]
+        pad = key_wrap_pad(self.signer.mac, self.cfg.device_id, env.epoch, env.seq, kid)
+        new_key = xor32(pad, unhexlify(env.body["wrapped_key"]))
+        try:
+            save_rotated_key(self.board.store, kid, new_key)
+        except OSError:
+            return FAILED
+        self.key_id, self.key = kid, new_key
+        self.signer = Signer(self.cfg.device_id, new_key, kid)
+        self.gate.add_key(kid, new_key)
+        self.log("I key rotated to key id %d" % kid)
+        return OK
 
     # ---- store ----
 

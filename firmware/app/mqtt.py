@@ -159,7 +159,10 @@ class MqttClient:
         self._tx_end += 2 + n
 
     def _send_connect(self):
-        flags = 0x02                                  # clean session
+        # Persistent session (clean session 0): the broker keeps the command
+        # subscription and queues QoS 1 commands while the device is offline,
+        # so a command sent to a device in a basement arrives when it is back.
+        flags = 0x00
         n = 10 + 2 + len(self.client_id)
         if self._will_topic is not None:
             flags |= 0x04 | 0x08 | 0x20              # will, QoS 1, retained
