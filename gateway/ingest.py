@@ -48,13 +48,11 @@ class Feed:
         self.ready = threading.Event()
         self.full_waits = 0
 
-    def put(self, item: Item, stop: threading.Event | None = None) -> None:
+    def put(self, item: Item) -> None:
         while len(self.items) >= self.maxsize:
             self.full_waits += 1
             self.ready.set()
             time.sleep(0.001)
-            if stop is not None and stop.is_set():
-                return
         self.items.append(item)
         if not self.ready.is_set():
             self.ready.set()
