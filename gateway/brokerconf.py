@@ -44,7 +44,10 @@ class BrokerSettings:
     max_queued: int = 100000
 
 
-def acl_text(gateway_ids: tuple[str, ...]) -> str:
+def acl_text(gateway_ids: tuple[str, ...], revoked: tuple[str, ...] = ()) -> str:
+    """The ACL file. ``revoked`` identities get a deny-all block: mosquitto
+    re-reads the ACL on SIGHUP, so a revoked device's *open* connection stops
+    passing anything at once (the CRL refuses its next handshake)."""
     lines = ["# fieldtrace ACL: written by `python -m gateway broker-config`; do not edit",
              "# gateways: read every device topic, write commands"]
     for gid in gateway_ids:
@@ -54,6 +57,8 @@ def acl_text(gateway_ids: tuple[str, ...]) -> str:
     lines.append("# every device (username = certificate CN = client id): its own topics only")
     lines += ["pattern write ft/v1/%%u/%s" % k for k in DEVICE_WRITE_KINDS]
     lines.append("pattern read ft/v1/%u/cmd")
+    for cn in revoked:
+        lines += ["", "# revoked", "user %s" % cn, "topic deny #"]
     return "\n".join(lines) + "\n"
 
 
@@ -70,6 +75,7 @@ def config_text(s: BrokerSettings) -> str:
         "max_inflight_messages %d" % s.max_inflight,
         "max_queued_messages %d" % s.max_queued,
         "log_dest file %s" % (out / "mosquitto.log"),
+        "pid_file %s" % (out / "mosquitto.pid"),
         "log_type error", "log_type warning", "log_type notice",
         "connection_messages true",
     ]
@@ -94,14 +100,38 @@ def config_text(s: BrokerSettings) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(s: BrokerSettings) -> Path:
+def deny_in_acl(out_dir: Path, cn: str) -> bool:
+    """Add a deny-all block for ``cn`` to the broker's ACL (atomically); False if present."""
+    acl = out_dir / "acl"
+    text = acl.read_text()
+    block = "user %s\ntopic deny #\n" % cn
+    if block in text:
+        return False
+    tmp = acl.with_suffix(".tmp")
+    tmp.write_text(text + "\n# revoked\n" + block)
+    os.replace(tmp, acl)
+    return True
+
+
+def reload(out_dir: Path) -> bool:
+    """SIGHUP the broker whose pid file is in ``out_dir``: it re-reads CRL and ACL."""
+    import signal
+    try:
+        pid = int((out_dir / "mosquitto.pid").read_text().strip())
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def write(s: BrokerSettings, revoked: tuple[str, ...] = ()) -> Path:
     """Write ``mosquitto.conf`` and ``acl`` into ``out_dir``; returns the conf path."""
     for name in ("ca.crt", "broker.crt", "broker.key", "crl.pem"):
         if not (s.pki_dir / name).exists():
             raise GatewayError("%s missing in %s: run `pki init`" % (name, s.pki_dir),
                                "config_invalid")
     s.out_dir.mkdir(parents=True, exist_ok=True)
-    (s.out_dir / "acl").write_text(acl_text(s.gateway_ids))
+    (s.out_dir / "acl").write_text(acl_text(s.gateway_ids, revoked))
     conf = s.out_dir / "mosquitto.conf"
     conf.write_text(config_text(s))
     os.chmod(conf, 0o644)

@@ -14,6 +14,7 @@ from typing import Any
 
 from gateway import logs
 from gateway.config import GatewayConfig, load_config
+from gateway.security_cli import add_commands as add_security_commands
 from gateway.errors import ConfigError, GatewayError
 from gateway.metrics import figures
 from gateway.registry import KINDS, Registry
@@ -62,9 +63,16 @@ def cmd_devices(args: argparse.Namespace) -> int:
     elif args.action == "rotate-key":
         _print(reg.rotate_key(args.device, args.grace_s).public())
     elif args.action == "provision":
+        from gateway.pki import Pki
         from gateway.provision import write_files
 
-        for p in write_files(reg.get(args.device), cfg.provision, Path(args.out)):
+        tls_files = None
+        if args.pki:
+            pki = Pki(args.pki)
+            if not any(r.cn == args.device and r.revoked_at is None for r in pki.issued()):
+                pki.issue(args.device)
+            tls_files = pki.device_files(args.device)
+        for p in write_files(reg.get(args.device), cfg.provision, Path(args.out), tls_files):
             print(p)
     return 0
 
@@ -170,6 +178,8 @@ def parser() -> argparse.ArgumentParser:
     pr = dsub.add_parser("provision", parents=[common])
     pr.add_argument("device")
     pr.add_argument("--out", required=True, help="directory for config.json and key.bin")
+    pr.add_argument("--pki", help="site PKI directory: also write the device's DER CA, "
+                    "certificate and key for mutual TLS (issued if missing)")
     d.set_defaults(func=cmd_devices)
 
     c = sub.add_parser("command", parents=[common], help="send a signed downlink command")
@@ -185,6 +195,7 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--interval", type=float, default=1.0, help="seconds to measure rates over")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
+    add_security_commands(sub)
     return p
 
 

@@ -16,19 +16,37 @@ from gateway.config import ProvisionConfig
 from gateway.registry import Device
 
 
-def device_config(dev: Device, p: ProvisionConfig) -> dict[str, Any]:
-    return {"device_id": dev.device_id, "kind": dev.kind,
-            "broker": {"host": p.broker_host, "port": p.broker_port, "tls": p.broker_tls},
-            "key_id": dev.current_key_id, "gps_period_s": p.gps_period_s,
-            "hb_interval_s": p.hb_interval_s}
+def device_config(dev: Device, p: ProvisionConfig, tls: bool = False) -> dict[str, Any]:
+    """The firmware's config.json (firmware/app/config.py is the reader)."""
+    broker: dict[str, Any] = {"host": p.broker_host, "port": p.broker_port}
+    if tls or p.broker_tls:
+        broker["tls"] = {"ca": "ca.der", "cert": "cert.der" if tls else None,
+                         "key": "key.der" if tls else None,
+                         "server_hostname": p.broker_host}
+    return {"device_id": dev.device_id, "kind": dev.kind, "key_id": dev.current_key_id,
+            "broker": broker,
+            "params": {"gps_period_s": p.gps_period_s, "hb_interval_s": p.hb_interval_s}}
 
 
-def write_files(dev: Device, p: ProvisionConfig, out: Path) -> list[Path]:
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def write_files(dev: Device, p: ProvisionConfig, out: Path,
+                tls_files: dict[str, bytes] | None = None) -> list[Path]:
+    """config.json, key.bin and, with ``tls_files`` (Pki.device_files), the DER
+    CA, certificate and key that MicroPython's mbedTLS loads."""
     out.mkdir(parents=True, exist_ok=True)
     cfg_path = out / "config.json"
     key_path = out / "key.bin"
-    cfg_path.write_text(json.dumps(device_config(dev, p), indent=2) + "\n")
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(dev.current_key)
-    return [cfg_path, key_path]
+    cfg_path.write_text(json.dumps(device_config(dev, p, tls_files is not None), indent=2)
+                        + "\n")
+    _write_private(key_path, dev.current_key)
+    written = [cfg_path, key_path]
+    for name in ("ca.der", "cert.der", "key.der"):
+        if tls_files is not None:
+            _write_private(out / name, tls_files[name])
+            written.append(out / name)
+    return written

@@ -242,8 +242,13 @@ def test_cli_devices_provision_and_status(site: Site, tmp_path: Path,
     assert cli_main(["devices", "provision", "wb0001", "--out", str(tmp_path / "fl"), *cfg]) == 0
     conf = json.loads((tmp_path / "fl" / "config.json").read_text())
     assert conf["device_id"] == "wb0001" and conf["kind"] == "wristband" and conf["key_id"] == 1
-    assert conf["broker"] == {"host": "127.0.0.1", "port": site.local.port, "tls": False}
+    assert conf["broker"] == {"host": "127.0.0.1", "port": site.local.port}
     assert (tmp_path / "fl" / "key.bin").read_bytes() == site.registry.get("wb0001").current_key
+    from firmware.app.config import load_config, load_key
+    from firmware.app.store import FlashStore
+    flash = FlashStore(str(tmp_path / "fl"))      # what the firmware reads, it accepts
+    assert load_config(flash).device_id == "wb0001"
+    assert load_key(flash) == site.registry.get("wb0001").current_key
     assert cli_main(["devices", "revoke", "wb0001", *cfg]) == 0
     capsys.readouterr()
     assert cli_main(["devices", "list", *cfg]) == 0
