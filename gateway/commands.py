@@ -58,14 +58,20 @@ def build_command(device: str, key: bytes, key_id: int, action: str, params: dic
         raise CommandError(str(e))
 
 
+UNCONFIRMED_S = 10 * 365 * 86400   # the old key's life while a rotation is unconfirmed
+
+
 def send_command(cfg: GatewayConfig, device: str, action: str, params: dict[str, int],
                  timeout_s: float = 10.0, grace_s: float = 7 * 86400) -> CommandResult:
     """Sign, publish and await the ack of one command.
 
     ``rotate_key`` draws a new key, wraps it under the current one
     (``protocol.message.encode_rotate_key``) and rotates the registry before
-    sending: the gateway accepts the new key id from then on and the old key
-    for ``grace_s`` more, so no record in flight is refused.
+    sending: the gateway accepts the new key id from then on. The old key
+    stays valid *until the device confirms* (its ``ok`` ack), and for
+    ``grace_s`` after that, so records in flight or in an offline device's
+    outbox are never refused; without an ack the old key stays valid and the
+    operator sees the rotation as unconfirmed.
     """
     registry = Registry(cfg.registry_path)
     dev = registry.get(device)
@@ -80,7 +86,8 @@ def send_command(cfg: GatewayConfig, device: str, action: str, params: dict[str,
         new_kid = (dev.current_key_id + 1) % 16
         payload = message.encode_rotate_key(Signer(device, dev.current_key, dev.current_key_id),
                                             epoch, seq, now, new_kid, new_key)
-        registry.rotate_key(device, grace_s, key=new_key)
+        old_kid = dev.current_key_id
+        registry.rotate_key(device, UNCONFIRMED_S, key=new_key)
     else:
         payload = build_command(device, dev.current_key, dev.current_key_id, action, params,
                                 epoch, seq, now)
@@ -124,6 +131,8 @@ def send_command(cfg: GatewayConfig, device: str, action: str, params: dict[str,
             result: str | None = acks.get(timeout=timeout_s)
         except queue.Empty:
             result = None
+        if action == "rotate_key" and result == "ok":
+            registry.expire_key(device, old_kid, time.time() + grace_s)
         return CommandResult(device, action, epoch, seq, result, time.monotonic() - t0)
     finally:
         client.disconnect()

@@ -225,6 +225,23 @@ class Registry:
         return dev
 
 
+    def expire_key(self, device_id: str, key_id: int, valid_until: float) -> Device:
+        """Set when a rotated-out key stops being accepted (rotation confirmed)."""
+        with self._db(write=True) as db:
+            doc = db.get(Query().device_id == device_id)
+            if doc is None or isinstance(doc, list):
+                raise RegistryError("unknown device %r" % device_id, "unknown_device")
+            d = _device_from_doc(dict(doc))
+            if key_id == d.current_key_id:
+                raise RegistryError("key id %d is the current key" % key_id, "key_id_invalid")
+            keys = tuple(DeviceKey(k.key_id, k.key, valid_until) if k.key_id == key_id else k
+                         for k in d.keys)
+            dev = Device(d.device_id, d.kind, d.current_key_id, keys, d.revoked, d.created,
+                         time.time())
+            self._put(db, dev)
+        return dev
+
+
 class KeyCache:
     """The gateway's read side: ``lookup(device_id) -> DeviceKeys | None``.
 

@@ -294,6 +294,8 @@ def test_rotate_key_over_the_air_new_and_old_key_both_accepted(site: Site) -> No
             res = send_command(site.cfg, "rec001", "rotate_key", {}, 10, grace_s=3600)
             assert res.result == "ok" and new["kid"] == 0           # key ids wrap 15 -> 0
             assert site.registry.get("rec001").current_key == new["key"]
+            old = [k for k in site.registry.get("rec001").keys if k.key_id == 15][0]
+            assert time.time() + 3500 < old.valid_until < time.time() + 3700   # grace from ack
             rotated = Device("rec001", key=new["key"], key_id=0, epoch=1)
             rotated.seq = 100
             pub = site.publisher()

@@ -82,3 +82,20 @@ def test_public_view_hides_key_bytes(tmp_path: Path) -> None:
     reg = Registry(tmp_path / "reg.json")
     d = reg.add("rec001", "wristband")
     assert d.current_key.hex() not in json.dumps(d.public())
+
+
+def test_unconfirmed_rotation_keeps_the_old_key_until_confirmed(tmp_path) -> None:
+    from gateway.commands import UNCONFIRMED_S
+    reg = Registry(tmp_path / "r.json")
+    reg.add("rec001", "recorder", key=bytes(32))
+    reg.rotate_key("rec001", grace_s=UNCONFIRMED_S, now=0.0)
+    assert 0 in reg.get("rec001").usable_keys(30 * 86400.0)    # a month offline: still valid
+    reg.expire_key("rec001", 0, valid_until=100.0)
+    assert 0 not in reg.get("rec001").usable_keys(101.0)
+
+
+def test_the_current_key_cannot_be_expired(tmp_path) -> None:
+    reg = Registry(tmp_path / "r.json")
+    reg.add("rec001", "recorder", key=bytes(32))
+    with pytest.raises(RegistryError):
+        reg.expire_key("rec001", 0, valid_until=1.0)
