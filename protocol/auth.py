@@ -17,10 +17,22 @@ from protocol.topics import check_device_id
 DOMAIN = b"FT1"
 
 
+_PREFIXES = {}
+_PREFIX_CACHE_MAX = 16384   # bounded: cleared when full (a receiver sees ~3,000 devices)
+
+
 def mac_prefix(device_id, topic_kind):
-    check_device_id(device_id)
-    did = device_id.encode()
-    return DOMAIN + bytes((len(did),)) + did + bytes((topic_kind,))
+    """The MAC input's prefix; cached because a receiver computes it per message."""
+    key = (device_id, topic_kind)
+    p = _PREFIXES.get(key)
+    if p is None:
+        check_device_id(device_id)
+        did = device_id.encode()
+        p = DOMAIN + bytes((len(did),)) + did + bytes((topic_kind,))
+        if len(_PREFIXES) >= _PREFIX_CACHE_MAX:
+            _PREFIXES.clear()
+        _PREFIXES[key] = p
+    return p
 
 
 class Signer:
