@@ -36,6 +36,9 @@ from simulators.fleet import (
 from simulators.micro import MicroDevice
 from simulators.rogue import AttackFactory, Captured, OwnDevice, RogueClient, RogueConfig
 from gateway.registry import Registry
+from protocol import message
+from protocol.auth import Signer
+from protocol.topics import KIND_GPS, topic_for
 from protocol.verify import DeviceKeys
 from simulators.site import Site, SiteConfig
 
@@ -329,9 +332,19 @@ class Scenario:
         factory = AttackFactory(self.cfg.seed, legit, [s.device_id for s in self.specs[:5]],
                                 OwnDevice(ROGUE_ID, self.rogue_spec.key))
         self.event("rogue client attacking with %d legit samples" % len(legit))
+        # The rogue's own topics pass the broker's ACL: there the gateway has to
+        # refuse what is tampered or forged (its own signed records are never sent).
+        own = self.rogue_spec
+        own_samples = [Captured(topic_for(ROGUE_ID, KIND_GPS), message.encode(
+            Signer(ROGUE_ID, own.key, 0), KIND_GPS, 1, i, int(time.time()), {
+                "lat_e7": 359900000 + i, "lon_e7": 1194000000, "alt_m": 40, "speed_cms": 0,
+                "course_cdeg": 0, "hdop_x10": 9, "fix": 2, "sats": 9, "gnss": 9,
+                "age_s": 0})) for i in range(4)]
+        own_factory = AttackFactory(self.cfg.seed + 1, own_samples, [ROGUE_ID])
         try:
             with RogueClient(rcfg, self.attacks) as rogue:
                 result = rogue.run(factory)
+                result = rogue.run(own_factory, kinds=("tampered", "forged"))
             self.rogue_result = {"logged": sum(result.logged.values()),
                                  "published": result.published,
                                  "raw_sent": result.raw_sent,
