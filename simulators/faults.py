@@ -11,6 +11,8 @@ the start of the run:
     25:strap_cut::wb-0001                 strap cut (stays cut)
     35:recording::rec-0002                recording starts
     38:rotate_key::rec-0004               HMAC key rotated by a signed command
+    15:link_degraded:30:20%               4G at its worst for 30 s: +800 ms, drops 2 %/s
+    16:battery:12:wb-0002                 battery level set to 12 % (it drains by itself)
     45:broker_restart                     local mosquitto stopped and started
     50:gateway_kill:3                     gateway SIGKILLed, restarted 3 s later
     60:upstream_outage:20                 platform broker down for 20 s
@@ -28,9 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEVICE_FAULTS = {"link_outage", "power_cut", "clock_skew", "sos", "strap_cut", "recording",
-                 "rotate_key"}
+                 "rotate_key", "link_degraded", "battery"}
 SITE_FAULTS = {"broker_restart", "gateway_kill", "upstream_outage", "attack"}
-NEEDS_ARG = {"link_outage", "power_cut", "clock_skew", "gateway_kill", "upstream_outage"}
+NEEDS_ARG = {"link_outage", "power_cut", "clock_skew", "gateway_kill", "upstream_outage",
+             "link_degraded", "battery"}
 MAX_AT_S = 7 * 86400
 
 

@@ -19,6 +19,7 @@ flash-wear trade-off, kept apart from loss.
 from __future__ import annotations
 
 import heapq
+import random
 import json
 import os
 import selectors
@@ -30,14 +31,14 @@ from typing import Any
 
 from firmware.app.factory import make_device
 from firmware.app.store import FlashStore
-from firmware.boards.base import Battery, Inputs, NullWatchdog, apply_control, parse_control
-from firmware.boards.tcplink import TcpLink
+from firmware.boards.base import Inputs, NullWatchdog, apply_control, parse_control
 from firmware.devtools import provision
 from protocol.codec import decode_header
 from protocol.errors import ProtocolError
 from protocol.topics import NAME_BY_KIND
 from simulators.checker import ProducedLog
 from simulators.gnss import GnssConfig, GnssReceiver, GnssUart
+from simulators.hardware import DrainingBattery, ImpairedLink
 from simulators.routes import make_route
 
 MAX_SLEEP_MS = 1000        # GNSS delivers once a second; a device never sleeps longer
@@ -111,7 +112,6 @@ class SimDevice:
     produced: ProducedLog
     clock: FleetClock = field(default_factory=FleetClock)
     inputs: Inputs = field(default_factory=Inputs)
-    battery: Battery = field(default_factory=Battery)
     storage_mib: int = 30000
     log_sink: Callable[[str, str], None] | None = None
 
@@ -121,7 +121,10 @@ class SimDevice:
         self.receiver = GnssReceiver(make_route(route_kind, self.seed), self.seed,
                                      GnssConfig(cold_start_s=(3.0, 8.0)))
         self.uart = GnssUart(self.receiver)
-        self.link = TcpLink(str(self.flash))
+        self.link = ImpairedLink(str(self.flash), self.seed)
+        start = 45 + random.Random("battery:%d" % self.seed).random() * 55
+        self.battery = DrainingBattery(self.kind, start,
+                                       recording=lambda: self.inputs.get("recording"))
         self.app: Any = None
         self.powered = False
         self.want_reboot = False
@@ -188,6 +191,8 @@ class SimDevice:
                 self.boot(now_ms, reset_cause=4)
         # The app asks for 200-500 ms to watch its socket; here epoll watches
         # sockets, so only short sleeps (records waiting to go out) are kept.
+        if self.link.has_delayed():
+            return min(sleep, 50)           # bytes held back by simulated latency
         return max(1, sleep if sleep < 200 else MAX_SLEEP_MS)
 
     def _drain_step(self, now_ms: int) -> int:
@@ -237,6 +242,9 @@ class SimDevice:
             return
         if name == "reboot":
             self.want_reboot = True
+            return
+        if name == "battery":
+            self.battery.set_level(value)
             return
         holder = _BoardView(self)
         if not apply_control(holder, name, value):
@@ -408,7 +416,8 @@ class Fleet:
                     and getattr(d.app, "idle_reason", None) is None)
         return {"devices": len(self.devices), "online": online,
                 "records": sum(d.records for d in self.devices), "outbox": depth,
-                "errors": sum(d.errors for d in self.devices), "polls": self.polls}
+                "errors": sum(d.errors for d in self.devices), "polls": self.polls,
+                "link_drops": sum(d.link.drops for d in self.devices)}
 
 
 def write_keys_file(path: Path, specs: list[DeviceSpec]) -> None:

@@ -45,6 +45,8 @@ from simulators.site import Site, SiteConfig
 DEMO_PARAMS = {"gps_period_s": 10, "min_period_s": 5, "stationary_period_s": 30,
                "hb_interval_s": 30, "alarm_period_s": 5}
 ROGUE_ID = "rogue-0001"
+DEGRADED_LATENCY_MS = 800
+DEGRADED_LOSS_PER_S = 0.02
 
 
 @dataclass(frozen=True)
@@ -231,13 +233,14 @@ class Scenario:
             self._threads.append(t)
             t.start()
         elif f.action in ("link_outage", "power_cut", "clock_skew", "sos", "strap_cut",
-                          "recording"):
+                          "recording", "link_degraded", "battery"):
             ids = self._targets(f)
             for did in ids:
                 self._device_fault(did, f, undo)
             self.event("%s %s on %s" % ("end of" if undo else "start", f.action,
                                        ids[0] if len(ids) == 1 else "%d devices" % len(ids)))
-            if not undo and f.action in ("link_outage", "power_cut", "clock_skew", "sos"):
+            if not undo and f.action in ("link_outage", "power_cut", "clock_skew", "sos",
+                                         "link_degraded"):
                 timeline.add(now + (f.arg if f.action != "sos" else 2.0), "undo", f)
         elif f.action == "broker_restart":
             assert self.site.local is not None
@@ -290,6 +293,11 @@ class Scenario:
                         self.event("%s lost %d records of its RAM tail" % (did, lost))
             elif micro is not None:
                 micro.power_cut() if not undo else micro.start()
+        elif f.action == "link_degraded" and sim is not None:
+            sim.link.latency_ms = 0 if undo else DEGRADED_LATENCY_MS
+            sim.link.loss_per_s = 0.0 if undo else DEGRADED_LOSS_PER_S
+        elif f.action == "battery" and sim is not None:
+            sim.battery.set_level(f.arg)
         elif f.action == "clock_skew" and sim is not None:
             sim.clock.skew_s = 0 if undo else int(f.arg)
             sim.clock.synced = True

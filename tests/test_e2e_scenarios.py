@@ -104,3 +104,11 @@ def test_key_rotation_during_a_live_stream_loses_nothing(tmp_path: Path) -> None
               duration=18)
     assert_nothing_lost(out)     # re-verified with the registry's keys, old and new
     assert sorted(d for d, rc, _ in out.rotations if rc == 0) == ["rec-0001", "wb-0002"]
+
+
+def test_degraded_4g_link_and_a_draining_battery_lose_nothing(tmp_path: Path) -> None:
+    out = run(tmp_path, "3:link_degraded:10:rec-0001,rec-0002", "5:battery:12:wb-0001")
+    assert_nothing_lost(out)
+    assert out.report.alarm_latency.n >= 1        # low_battery from wb-0001
+    lat = out.report.record_latency.max
+    assert lat is not None and lat >= 0.8         # the 800 ms of added latency showed
