@@ -21,7 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BOARDS = ("esp32", "unix")
 
-PROTOCOL = ("__init__", "errors", "mac", "topics", "codec", "auth", "replay", "verify")
+PROTOCOL = ("__init__", "errors", "mac", "topics", "codec", "auth", "replay", "verify",
+            "bundle")
 APP = ("__init__", "compat", "store", "nmea", "sampler", "outbox", "state", "config",
        "mqtt", "watchdog", "commands", "inputs", "device", "recorder", "wristband",
        "factory")

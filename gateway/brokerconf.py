@@ -10,9 +10,10 @@ What it enforces (mosquitto 2.0):
 * ``crlfile``: revoked certificates are refused at the handshake (mosquitto
   reads the CRL at start and on SIGHUP: the ``revoke`` CLI signals it).
 * ACL: a device writes only ``ft/v1/<its id>/{gps,hb,alarm,status,ack}`` and
-  reads only ``ft/v1/<its id>/cmd``; only the gateway reads everything and
-  writes commands. mosquitto refuses ``%u`` substitution for usernames with
-  ``+``, ``#`` or ``/`` — and such ids never get certificates anyway.
+  reads only ``ft/v1/<its id>/cmd`` and ``…/cert`` (certificate bundles);
+  only the gateway reads everything and writes commands and bundles.
+  mosquitto refuses ``%u`` substitution for usernames with ``+``, ``#`` or
+  ``/`` — and such ids never get certificates anyway.
 
 A publish denied by the ACL still gets its PUBACK under MQTT 3.1.1; the
 message is silently dropped. Tests therefore check what arrives.
@@ -53,10 +54,12 @@ def acl_text(gateway_ids: tuple[str, ...], revoked: tuple[str, ...] = ()) -> str
     for gid in gateway_ids:
         if not is_valid_device_id(gid):
             raise GatewayError("gateway id %r is not a valid id" % gid, "config_invalid")
-        lines += ["user %s" % gid, "topic read ft/v1/#", "topic write ft/v1/+/cmd", ""]
+        lines += ["user %s" % gid, "topic read ft/v1/#", "topic write ft/v1/+/cmd",
+                  "topic write ft/v1/+/cert", ""]
     lines.append("# every device (username = certificate CN = client id): its own topics only")
     lines += ["pattern write ft/v1/%%u/%s" % k for k in DEVICE_WRITE_KINDS]
     lines.append("pattern read ft/v1/%u/cmd")
+    lines.append("pattern read ft/v1/%u/cert")
     for cn in revoked:
         lines += ["", "# revoked", "user %s" % cn, "topic deny #"]
     return "\n".join(lines) + "\n"

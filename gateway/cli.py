@@ -91,8 +91,15 @@ def cmd_command(args: argparse.Namespace) -> int:
     from gateway.commands import send_command
 
     cfg = _config(args)
-    res = send_command(cfg, args.device, args.action, _params(args.params), args.timeout,
-                       args.grace_s)
+    if args.action == "rotate_cert":
+        from gateway.certrotate import rotate_certificate
+        if not args.pki:
+            raise GatewayError("rotate_cert needs --pki (the site CA issues the new pair)",
+                               "usage")
+        res = rotate_certificate(cfg, args.device, args.pki, args.broker_dir, args.timeout)
+    else:
+        res = send_command(cfg, args.device, args.action, _params(args.params), args.timeout,
+                           args.grace_s)
     _print(res.as_dict())
     return 0 if res.result is not None else EXIT_NO_ACK
 
@@ -184,11 +191,14 @@ def parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("command", parents=[common], help="send a signed downlink command")
     c.add_argument("device")
-    c.add_argument("action", help="set_params | locate_now | reboot | clear_alarm | rotate_key")
+    c.add_argument("action", help="set_params | locate_now | reboot | clear_alarm | rotate_key"
+                   " | rotate_cert")
     c.add_argument("params", nargs="*", help="name=value for set_params")
     c.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the ack")
     c.add_argument("--grace-s", type=float, default=7 * 86400,
                    help="rotate_key: how long the old key stays valid (default 7 days)")
+    c.add_argument("--pki", help="rotate_cert: the site PKI directory")
+    c.add_argument("--broker-dir", help="rotate_cert: reload this broker's CRL afterwards")
     c.set_defaults(func=cmd_command)
 
     st = sub.add_parser("status", parents=[common], help="queue, rates, rejections, devices")

@@ -93,6 +93,18 @@ def send_command(cfg: GatewayConfig, device: str, action: str, params: dict[str,
                                 epoch, seq, now)
     dev = registry.get(device)
     keys = DeviceKeys(dev.usable_keys(time.time()), dev.revoked)
+    result, latency = publish_and_await_ack(cfg, device, topic_for(device, KIND_CMD), payload,
+                                            epoch, seq, keys, timeout_s)
+    if action == "rotate_key" and result == "ok":
+        registry.expire_key(device, old_kid, time.time() + grace_s)
+    return CommandResult(device, action, epoch, seq, result, latency)
+
+
+def publish_and_await_ack(cfg: GatewayConfig, device: str, topic: str, payload: bytes,
+                          epoch: int, seq: int, keys: DeviceKeys,
+                          timeout_s: float) -> tuple[str | None, float]:
+    """Publish a command (or bundle) at QoS 1 and wait for the device's ack of
+    (epoch, seq); returns (result or None on timeout, seconds)."""
     acks: queue.Queue[str] = queue.Queue(16)
     subscribed = queue.Queue[int](1)
     b = cfg.local.broker
@@ -123,7 +135,7 @@ def send_command(cfg: GatewayConfig, device: str, action: str, params: dict[str,
         except queue.Empty:
             raise CommandError("no SUBACK from the local broker")
         t0 = time.monotonic()
-        info = client.publish(topic_for(device, KIND_CMD), payload, qos=1)
+        info = client.publish(topic, payload, qos=1)
         info.wait_for_publish(b.connect_timeout_s)
         if not info.is_published():
             raise CommandError("local broker did not acknowledge the command")
@@ -131,9 +143,7 @@ def send_command(cfg: GatewayConfig, device: str, action: str, params: dict[str,
             result: str | None = acks.get(timeout=timeout_s)
         except queue.Empty:
             result = None
-        if action == "rotate_key" and result == "ok":
-            registry.expire_key(device, old_kid, time.time() + grace_s)
-        return CommandResult(device, action, epoch, seq, result, time.monotonic() - t0)
+        return result, time.monotonic() - t0
     finally:
         client.disconnect()
         client.loop_stop()

@@ -157,12 +157,14 @@ class Pki:
         return self.issue_many([cn], role, days, hosts, not_before)[0]
 
     def issue_many(self, cns: list[str], role: str = "device", days: int = DEVICE_DAYS,
-                   hosts: tuple[str, ...] = (), not_before: dt.datetime | None = None
-                   ) -> list[Issued]:
-        """Issue several identities with one index write (a fleet at provisioning)."""
+                   hosts: tuple[str, ...] = (), not_before: dt.datetime | None = None,
+                   renewal: bool = False) -> list[Issued]:
+        """Issue several identities with one index write (a fleet at provisioning).
+        ``renewal``: a second valid certificate for the same id (certificate
+        rotation; the old one is revoked once the device confirms)."""
         ca_key, ca_cert = self._ca()
         rows = self._load_index()
-        valid = {r.cn for r in rows if r.revoked_at is None}
+        valid = set() if renewal else {r.cn for r in rows if r.revoked_at is None}
         out = []
         for cn in cns:
             if cn in valid:
@@ -209,9 +211,11 @@ class Pki:
         _write_public(base.with_suffix(".der"), cert.public_bytes(serialization.Encoding.DER))
         return Issued(cn, role, cert.serial_number, cert.not_valid_after_utc.isoformat())
 
-    def revoke(self, cn: str) -> Issued:
+    def revoke(self, cn: str, serials: tuple[int, ...] = ()) -> Issued:
+        """Revoke ``cn``'s valid certificates (only ``serials`` when given)."""
         rows = self._load_index()
-        live = [r for r in rows if r.cn == cn and r.revoked_at is None]
+        live = [r for r in rows if r.cn == cn and r.revoked_at is None
+                and (not serials or r.serial in serials)]
         if not live:
             raise PkiError("%s has no valid certificate to revoke" % cn)
         when = _now().isoformat()

@@ -11,6 +11,7 @@ the start of the run:
     25:strap_cut::wb-0001                 strap cut (stays cut)
     35:recording::rec-0002                recording starts
     38:rotate_key::rec-0004               HMAC key rotated by a signed command
+    39:rotate_cert::rec-0004              TLS key and certificate rotated over the air
     15:link_degraded:30:20%               4G at its worst for 30 s: +800 ms, drops 2 %/s
     16:battery:12:wb-0002                 battery level set to 12 % (it drains by itself)
     45:broker_restart                     local mosquitto stopped and started
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEVICE_FAULTS = {"link_outage", "power_cut", "clock_skew", "sos", "strap_cut", "recording",
-                 "rotate_key", "link_degraded", "battery"}
+                 "rotate_key", "rotate_cert", "link_degraded", "battery"}
 SITE_FAULTS = {"broker_restart", "gateway_kill", "upstream_outage", "attack"}
 NEEDS_ARG = {"link_outage", "power_cut", "clock_skew", "gateway_kill", "upstream_outage",
              "link_degraded", "battery"}

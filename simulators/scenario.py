@@ -225,10 +225,10 @@ class Scenario:
         assert self.fleet is not None
         now = time.monotonic() - self._t0
         undo = phase == "undo"
-        if f.action == "rotate_key":
+        if f.action in ("rotate_key", "rotate_cert"):
             # one operator session at a time: the broker forces client id = certificate
             # name, so two CLI processes with the operator's identity would evict each other
-            t = threading.Thread(target=self._rotate_all, args=(self._targets(f),),
+            t = threading.Thread(target=self._rotate_all, args=(self._targets(f), f.action),
                                  daemon=True)
             self._threads.append(t)
             t.start()
@@ -308,24 +308,27 @@ class Scenario:
         return {d.device_id: DeviceKeys(d.usable_keys(now), d.revoked)
                 for d in Registry(self.site.dir / "registry.json").all()}
 
-    def _rotate_all(self, device_ids: list[str]) -> None:
+    def _rotate_all(self, device_ids: list[str], action: str) -> None:
         for did in device_ids:
-            self._rotate(did)
+            self._rotate(did, action)
 
-    def _rotate(self, device_id: str) -> None:
-        """``python -m gateway command DEVICE rotate_key`` as an operator would."""
-        cfg = self.dir / "site" / "gateway-cli.toml"
+    def _rotate(self, device_id: str, action: str) -> None:
+        """``python -m gateway command DEVICE rotate_key|rotate_cert`` as an operator would."""
+        site = self.dir / "site"
+        extra = ["--grace-s", "600"] if action == "rotate_key" else [
+            "--pki", str(site / "pki"), "--broker-dir", str(site / "local")]
         try:
             out = subprocess.run([sys.executable, "-m", "gateway", "command", device_id,
-                                  "rotate_key", "--timeout", "20", "--grace-s", "600",
-                                  "--config", str(cfg)], capture_output=True, text=True,
-                                 timeout=60)
+                                  action, "--timeout", "20", *extra,
+                                  "--config", str(site / "gateway-cli.toml")],
+                                 capture_output=True, text=True, timeout=60)
             self.rotations.append((device_id, out.returncode, out.stdout.strip()[-300:]))
-            self.event("rotate_key %s: %s" % (device_id, "acked" if out.returncode == 0
-                                              else "no ack (%d)" % out.returncode))
+            self.event("%s %s: %s" % (action, device_id, "acked" if out.returncode == 0
+                                         else "no ack (%d): %s" % (out.returncode,
+                                                                   out.stderr[-200:])))
         except (OSError, subprocess.TimeoutExpired) as e:
             self.rotations.append((device_id, -1, str(e)))
-            self.event("rotate_key %s failed: %s" % (device_id, e))
+            self.event("%s %s failed: %s" % (action, device_id, e))
 
     def _attack(self) -> None:
         """The rogue: its own enrolled device, legit samples from a tap, every attack."""

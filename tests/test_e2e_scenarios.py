@@ -112,3 +112,15 @@ def test_degraded_4g_link_and_a_draining_battery_lose_nothing(tmp_path: Path) ->
     assert out.report.alarm_latency.n >= 1        # low_battery from wb-0001
     lat = out.report.record_latency.max
     assert lat is not None and lat >= 0.8         # the 800 ms of added latency showed
+
+
+def test_certificate_rotation_during_a_live_stream_loses_nothing(tmp_path: Path) -> None:
+    # wb-0002 is a real MicroPython process (the last device of the fleet)
+    out = run(tmp_path, "5:rotate_cert::rec-0001,wb-0002", micropython=1, duration=16)
+    assert_nothing_lost(out)
+    assert sorted(d for d, rc, _ in out.rotations if rc == 0) == ["rec-0001", "wb-0002"]
+    from gateway.pki import Pki
+    issued = [r for r in Pki(tmp_path / "site" / "pki").issued()
+              if r.cn in ("rec-0001", "wb-0002")]
+    assert len(issued) == 4                                 # old and new for each
+    assert sum(1 for r in issued if r.revoked_at) == 2      # the old ones, once confirmed

@@ -138,3 +138,43 @@ def test_connect_times_out_when_transport_never_opens():
     assert c.state != IDLE
     c.poll(2500)
     assert closed == ["connect timeout"]
+
+
+def publish_packet(topic: bytes, payload: bytes, pid: int) -> bytes:
+    body = len(topic).to_bytes(2, "big") + topic + pid.to_bytes(2, "big") + payload
+    n = len(body)
+    rl = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        rl.append(b | (0x80 if n else 0))
+        if not n:
+            break
+    return b"\x32" + bytes(rl) + body
+
+
+def test_oversize_publish_is_acked_and_dropped_not_redelivered_forever():
+    c, pipe, ev = connected()
+    pipe.out.clear()
+    pipe.inq += publish_packet(b"ft/v1/dev-1/cert", b"x" * 3000, 7)
+    pipe.inq += publish_packet(b"ft/v1/dev-1/cmd", b"next", 8)
+    for t in range(1, 10):
+        c.poll(t)
+    assert c.state == CONNECTED and c.oversize == 1
+    assert ev["msgs"] == [(b"ft/v1/dev-1/cmd", b"next")]
+    assert b"\x40\x02\x00\x07" in bytes(pipe.out) and b"\x40\x02\x00\x08" in bytes(pipe.out)
+
+
+def test_oversize_packet_of_another_type_closes_the_session():
+    c, pipe, ev = connected()
+    pipe.inq += b"\x90\x90\x10" + b"\x00" * 100       # a 2,064-byte SUBACK
+    c.poll(1)
+    assert c.state == IDLE and "packet of" in ev["closed"][0]
+
+
+def test_publish_just_under_the_buffer_is_delivered_whole():
+    c, pipe, ev = connected()
+    payload = b"y" * 900
+    pipe.inq += publish_packet(b"ft/v1/dev-1/cert", payload, 9)
+    c.poll(1)
+    assert ev["msgs"] == [(b"ft/v1/dev-1/cert", payload)]

@@ -41,6 +41,16 @@ class CommandGate:
         self.refused = 0
         self.last_reason = ""
 
+    @property
+    def macs(self):
+        return self._keys.macs
+
+    def admit(self, epoch, seq):
+        """Freshness of a command that is not an envelope (a certificate bundle):
+        raises FreshnessError, else remembers it before the caller acts."""
+        self._windows.window.check(epoch, seq)
+        self._windows.save(self._windows.window.marked(epoch, seq))
+
     def add_key(self, key_id, key):
         """After a rotation: commands under the new key id are accepted too."""
         self._keys.macs[key_id] = Mac(key)

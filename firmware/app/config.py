@@ -214,5 +214,27 @@ def save_rotated_key(store, key_id, key):
                        ("%d %s" % (key_id, binascii.hexlify(key).decode())).encode())
 
 
+TLS_ROTATED_FILE = "tls.rot"   # "<cert file> <key file>": installed by a certificate bundle
+
+
+def apply_rotated_tls(store, cfg):
+    """Point the TLS settings at the last rotated certificate, if any."""
+    raw = store.read(TLS_ROTATED_FILE, 256)
+    if raw is None or cfg.tls is None:
+        return
+    parts = raw.decode().split()
+    if len(parts) != 2 or not store.exists(parts[0]) or not store.exists(parts[1]):
+        raise ConfigError("config_invalid", "tls.rot must name two existing files")
+    cfg.tls.cert, cfg.tls.key = parts[0], parts[1]
+
+
+def save_rotated_tls(store, cert_name, cert, key_name, key):
+    """Both files first, then the pointer (atomic): a power cut leaves the old
+    pair or the new pair in use, never a mix."""
+    store.write_atomic(cert_name, cert)
+    store.write_atomic(key_name, key)
+    store.write_atomic(TLS_ROTATED_FILE, ("%s %s" % (cert_name, key_name)).encode())
+
+
 def save_params(store, params):
     store.write_atomic(PARAMS_FILE, json.dumps(params).encode())

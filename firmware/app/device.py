@@ -29,6 +29,8 @@ from binascii import unhexlify
 from protocol import codec
 
 from protocol.auth import Signer, key_wrap_pad, xor32
+from protocol.bundle import open_bundle
+from protocol.errors import ProtocolError
 from protocol.codec import ALARM_CODES, MAX_ENVELOPE
 from protocol.topics import (
     KIND_ACK, KIND_ALARM, KIND_CMD, KIND_GPS, KIND_HB, KIND_STATUS, topic_for,
@@ -38,7 +40,8 @@ from firmware.app import FW_VERSION
 from firmware.app.commands import FAILED, OK, UNSUPPORTED, CommandGate, plan_set_params
 from firmware.app.compat import mem_free, ticks_add, ticks_diff
 from firmware.app.config import (
-    ConfigError, load_config, load_signing_key, save_params, save_rotated_key,
+    ConfigError, apply_rotated_tls, load_config, load_signing_key, save_params,
+    save_rotated_key, save_rotated_tls,
 )
 from firmware.app.mqtt import IDLE, MqttClient
 from firmware.app.nmea import NmeaParser
@@ -67,6 +70,7 @@ class Device:
         try:
             self.cfg = load_config(board.store)
             self.key_id, self.key = load_signing_key(board.store, self.cfg.key_id)
+            apply_rotated_tls(board.store, self.cfg)
         except ConfigError as e:
             self._enter_idle(e, now_ms)
             return
@@ -106,6 +110,7 @@ class Device:
         for k in (KIND_GPS, KIND_HB, KIND_ALARM, KIND_STATUS, KIND_ACK, KIND_CMD):
             self.topics[k] = topic_for(cfg.device_id, k).encode()
         self._cmd_topic = self.topics[KIND_CMD].decode()
+        self._cert_topic = "ft/v1/%s/cert" % cfg.device_id
         self.watchdog_ms = cfg.watchdog_s * 1000
         self.monitor = TaskMonitor(TASKS, self.watchdog_ms)
         self._env = bytearray(MAX_ENVELOPE)      # the one envelope buffer
@@ -128,6 +133,7 @@ class Device:
         self._net_next = now_ms
         self._backoff_ms = 0
         self._fails = 0
+        self._tls_reconnect = False
         self.alarm_active = False
         self.records = 0
         self.errors = 0
@@ -351,6 +357,10 @@ class Device:
             m.close("link down")
             return
         m.poll(now_ms)
+        if self._tls_reconnect:
+            self._tls_reconnect = False
+            m.close("certificate rotated: reconnecting with the new pair")
+            return
         if m.connected:
             self._send_pending()
             m.poll(now_ms)
@@ -360,6 +370,8 @@ class Device:
         self._fails = 0
         self._backoff_ms = 0
         self.mqtt.subscribe(self.topics[KIND_CMD], 1)
+        if self.cfg.tls is not None and self.cfg.tls.cert:
+            self.mqtt.subscribe(self._cert_topic.encode(), 1)
         birth = self._status(1, now_ms)
         self.mqtt.publish(self.topics[KIND_STATUS], birth, len(birth), -1, 1, True)
         self.outbox.rewind()                        # resend whatever was unacked
@@ -410,6 +422,9 @@ class Device:
             topic = bytes(topic_mv).decode()
         except UnicodeError:
             topic = "?"
+        if topic == self._cert_topic:
+            self._on_cert_bundle(bytes(payload_mv))
+            return
         if topic != self._cmd_topic:
             self.log("W message on unexpected topic %s" % topic[:40])
             return
@@ -436,6 +451,40 @@ class Device:
             self._acks.pop(0)
             self.acks_dropped += 1
         self._acks.append(rec)
+
+    def _on_cert_bundle(self, payload):
+        """A new TLS certificate and key (SPEC 3.7): authentic and fresh like a
+        command, stored beside the old pair, used from the next connection on.
+        The ack goes out over that new connection, which proves the pair works."""
+        try:
+            _kid, epoch, seq, cert, key = open_bundle(self.gate.macs, self.cfg.device_id,
+                                                      payload)
+            self.gate.admit(epoch, seq)
+        except ProtocolError as e:
+            self.log("W certificate bundle refused: %s" % e)
+            return
+        except OSError as e:
+            self.log("E command window not saved, bundle refused: %s" % e)
+            return
+        tag = "%d-%d" % (epoch, seq)
+        try:
+            save_rotated_tls(self.board.store, "tls-%s.crt.der" % tag, cert,
+                             "tls-%s.key.der" % tag, key)
+            result = OK
+        except OSError:
+            result = FAILED
+        if result == OK:
+            self.cfg.tls.cert = "tls-%s.crt.der" % tag
+            self.cfg.tls.key = "tls-%s.key.der" % tag
+        self.log("I certificate bundle %d.%d -> %d" % (epoch, seq, result))
+        rec = self._signed_now(KIND_ACK, self.board.clock.ticks_ms(), lambda n: codec.pack_ack(
+            self._env, n, epoch, seq, result))
+        if len(self._acks) >= _ACK_QUEUE:
+            self._acks.pop(0)
+            self.acks_dropped += 1
+        self._acks.append(rec)
+        if result == OK:
+            self._tls_reconnect = True      # closed by _net, not inside the parser
 
     def _execute(self, env):
         body = env.body

@@ -43,7 +43,7 @@ _PINGRESP = const(0xD0)
 _DISCONNECT = const(0xE0)
 
 TX_SIZE = const(2048)
-RX_SIZE = const(512)
+RX_SIZE = const(1024)      # a certificate bundle (~600 bytes) fits; larger is skipped
 
 
 class MqttClient:
@@ -75,6 +75,8 @@ class MqttClient:
         self.bytes_out = 0
         self.bytes_in = 0
         self.protocol_errors = 0
+        self.oversize = 0           # PUBLISH packets too large: acked and dropped
+        self._skip = 0
         # callbacks, set by the owner
         self.on_connected = None     # ()
         self.on_puback = None        # (tag)
@@ -89,6 +91,7 @@ class MqttClient:
         self.state = OPENING
         self._tx_start = self._tx_end = 0
         self._rx_len = 0
+        self._skip = 0
         self.inflight = {}
         self._ping_out = False
         self._will_topic = will_topic
@@ -283,11 +286,54 @@ class MqttClient:
             if not k:
                 return
             self.bytes_in += k
-            self._rx_len += k
             self._last_rx = now_ms
+            if self._skip:
+                # the tail of an oversize PUBLISH already acknowledged: drop it
+                drop = min(k, self._skip)
+                self._skip -= drop
+                if drop == k:
+                    continue
+                rest = k - drop
+                self._rx[self._rx_len:self._rx_len + rest] = \
+                    self._rx_mv[self._rx_len + drop:self._rx_len + k]
+                k = rest
+            self._rx_len += k
             self._parse()
             if self.state == IDLE:
                 return
+
+    def _skip_oversize(self, start, off, total, avail):
+        """A PUBLISH too large for the buffer: acknowledge it and drop its
+        bytes, so that a persistent session does not redeliver it forever
+        (a poison message). Anything else that large is garbage. Returns
+        True once skipping started, False to wait for more header bytes."""
+        rx = self._rx
+        first = rx[start]
+        qos = (first >> 1) & 3
+        if first & 0xF0 != _PUBLISH or qos > 1:
+            self._fail("packet of %d bytes" % total)
+            return False
+        need = off - start + 2
+        tlen = 0
+        if avail >= need:
+            tlen = (rx[off] << 8) | rx[off + 1]
+            if tlen == 0:
+                self._fail("publish without a topic")
+                return False
+            need += tlen + (2 if qos else 0)
+        if avail < need:
+            if self._rx_len >= RX_SIZE:
+                self._fail("publish header")
+            return False            # wait for the topic and packet id
+        if qos:
+            p = off + 2 + tlen
+            pid = (rx[p] << 8) | rx[p + 1]
+            if self._room(4):
+                self._put2(_PUBACK, 2)
+                self._put2(pid >> 8, pid & 0xFF)
+        self.oversize += 1
+        self._skip = total - avail
+        return True
 
     def _fail(self, reason):
         self.protocol_errors += 1
@@ -320,8 +366,12 @@ class MqttClient:
                 break
             total = i - start + rl
             if total > RX_SIZE:
-                self._fail("packet of %d bytes" % total)
-                return
+                if self._skip_oversize(start, i, total, avail):
+                    self._rx_len = 0        # what is buffered from start on is its
+                    return
+                if self.state == IDLE:
+                    return
+                break                       # wait for its topic and packet id
             if avail < total:
                 break
             self._packet(rx[start], i, rl)

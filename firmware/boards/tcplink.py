@@ -38,6 +38,27 @@ def _read_file(path):
         return f.read()
 
 
+def _pem_copies(cert_der_path, key_der_path):
+    """CPython's ssl loads a client certificate only from PEM files (a
+    simulated device given the DER files MicroPython uses, e.g. after a
+    certificate rotation): write PEM copies beside them."""
+    import base64
+
+    def pem(der, label):
+        b64 = base64.encodebytes(der).decode().replace("\n", "")
+        lines = [b64[i:i + 64] for i in range(0, len(b64), 64)]
+        return ("-----BEGIN %s-----\n%s\n-----END %s-----\n"
+                % (label, "\n".join(lines), label)).encode()
+
+    out = []
+    for src, label in ((cert_der_path, "CERTIFICATE"), (key_der_path, "EC PRIVATE KEY")):
+        dst = src + ".pem"
+        with open(dst, "wb") as f:
+            f.write(pem(_read_file(src), label))
+        out.append(dst)
+    return out[0], out[1]
+
+
 def make_tls_context(tls, base_dir=""):
     """An SSLContext that requires and verifies the server certificate."""
     if ssl is None:
@@ -47,9 +68,16 @@ def make_tls_context(tls, base_dir=""):
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.verify_mode = ssl.CERT_REQUIRED
     if _CPYTHON:
-        ctx.load_verify_locations(cafile=path(tls.ca))
+        ca = path(tls.ca)
+        if ca.endswith(".der"):
+            ctx.load_verify_locations(cadata=_read_file(ca))
+        else:
+            ctx.load_verify_locations(cafile=ca)
         if tls.cert:
-            ctx.load_cert_chain(path(tls.cert), path(tls.key))
+            cert, key = path(tls.cert), path(tls.key)
+            if cert.endswith(".der"):
+                cert, key = _pem_copies(cert, key)
+            ctx.load_cert_chain(cert, key)
     else:
         ctx.load_verify_locations(cadata=_read_file(path(tls.ca)))
         if tls.cert:
