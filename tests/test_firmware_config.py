@@ -104,3 +104,12 @@ def test_malformed_rotated_key_puts_the_device_in_safe_idle(tmp_path, text):
     (tmp_path / "key.rot").write_bytes(text)
     dev = make_device(board(tmp_path), 0)
     assert dev.idle_reason is not None and "key.rot" in dev.idle_reason
+
+
+@pytest.mark.parametrize("text", [b"only-one-name", b"a.der b.der"])
+def test_a_bad_rotated_tls_pointer_puts_the_device_in_safe_idle(tmp_path, text):
+    provision(tmp_path, "rec-0001", broker_extra={"tls": {"ca": "ca.der", "cert": "c.der",
+                                                          "key": "k.der"}})
+    (tmp_path / "tls.rot").write_bytes(text)
+    dev = make_device(board(tmp_path), 0)
+    assert dev.idle_reason is not None and "tls.rot" in dev.idle_reason
