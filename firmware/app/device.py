@@ -154,6 +154,17 @@ class Device:
     def hb_fields(self, hb):
         pass
 
+    def check_power(self, now_ms):
+        """Low battery and the power-off input, common to both kinds: the
+        subclass creates ``_low_batt`` (Threshold) and ``_power`` (Edge)."""
+        pct = self.board.battery.percent()
+        if pct <= 100 and self._low_batt.fired(pct, self.params["low_battery_pct"]):
+            self.raise_alarm("low_battery", pct, now_ms)
+        if self._power.changed(self.board.inputs.get("power_off")) and self._power.value:
+            self.raise_alarm("power_off", 0, now_ms)
+            self.shutdown("power off")
+            self.board.power_off()
+
     # ---- the step ----
 
     def poll(self, now_ms):
@@ -444,9 +455,12 @@ class Device:
             self.log("E command %s: %s" % (env.body["action"], e))
             result = FAILED
         self.log("I command %s %d.%d -> %d" % (env.body["action"], env.epoch, env.seq, result))
-        now_ms = clock.ticks_ms()
-        rec = self._signed_now(KIND_ACK, now_ms, lambda n: codec.pack_ack(
-            self._env, n, env.epoch, env.seq, result))
+        self._queue_ack(env.epoch, env.seq, result)
+
+    def _queue_ack(self, cmd_epoch, cmd_seq, result):
+        """Sign an ack now; it goes out with the next connection (bounded, counted)."""
+        rec = self._signed_now(KIND_ACK, self.board.clock.ticks_ms(), lambda n: codec.pack_ack(
+            self._env, n, cmd_epoch, cmd_seq, result))
         if len(self._acks) >= _ACK_QUEUE:
             self._acks.pop(0)
             self.acks_dropped += 1
@@ -477,12 +491,7 @@ class Device:
             self.cfg.tls.cert = "tls-%s.crt.der" % tag
             self.cfg.tls.key = "tls-%s.key.der" % tag
         self.log("I certificate bundle %d.%d -> %d" % (epoch, seq, result))
-        rec = self._signed_now(KIND_ACK, self.board.clock.ticks_ms(), lambda n: codec.pack_ack(
-            self._env, n, epoch, seq, result))
-        if len(self._acks) >= _ACK_QUEUE:
-            self._acks.pop(0)
-            self.acks_dropped += 1
-        self._acks.append(rec)
+        self._queue_ack(epoch, seq, result)
         if result == OK:
             self._tls_reconnect = True      # closed by _net, not inside the parser
 

@@ -28,13 +28,7 @@ class Recorder(Device):
         free = self.board.storage_free_mib()
         if self._low_storage.fired(free, self.params["low_storage_mib"]):
             self.raise_alarm("low_storage", min(free, 65535), now_ms)
-        pct = self.board.battery.percent()
-        if pct <= 100 and self._low_batt.fired(pct, self.params["low_battery_pct"]):
-            self.raise_alarm("low_battery", pct, now_ms)
-        if self._power.changed(inp.get("power_off")) and self._power.value:
-            self.raise_alarm("power_off", 0, now_ms)
-            self.shutdown("power off")
-            self.board.power_off()
+        self.check_power(now_ms)
 
     def hb_fields(self, hb):
         hb["recording"] = bool(self.board.inputs.get("recording"))

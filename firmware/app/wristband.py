@@ -29,13 +29,7 @@ class Wristband(Device):
             elif s == STRAP_TAMPER:
                 self.raise_alarm("tamper", 0, now_ms, active=True)
             # closing the strap again does not clear: the supervisor does
-        pct = self.board.battery.percent()
-        if pct <= 100 and self._low_batt.fired(pct, self.params["low_battery_pct"]):
-            self.raise_alarm("low_battery", pct, now_ms)
-        if self._power.changed(inp.get("power_off")) and self._power.value:
-            self.raise_alarm("power_off", 0, now_ms)
-            self.shutdown("power off")
-            self.board.power_off()
+        self.check_power(now_ms)
 
     def hb_fields(self, hb):
         s = self.board.inputs.get("strap")
