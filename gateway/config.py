@@ -128,6 +128,7 @@ class GatewayConfig:
     lanes: tuple[LanePolicy, LanePolicy, LanePolicy] = DEFAULT_LANES
     liveness: LivenessConfig = LivenessConfig()
     quarantine_max: int = 1000
+    rotation_grace_s: float = 7 * 86400
     metrics: MetricsConfig = MetricsConfig()
     provision: ProvisionConfig = ProvisionConfig()
     log_level: str = "info"
@@ -261,6 +262,7 @@ def parse_config(data: dict[str, Any], base: Path | None = None) -> GatewayConfi
     registry = base / g.get_str("registry_path", None)
     log_level = g.get_str("log_level", "info", ("debug", "info", "warning", "error"))
     qmax = g.get_int("quarantine_max", 1000, 0, 10_000_000)
+    grace = g.get_float("rotation_grace_s", 7 * 86400.0, 0.0, 366 * 86400.0)
     g.done()
 
     ls = top.get_table("local")
@@ -332,7 +334,8 @@ def parse_config(data: dict[str, Any], base: Path | None = None) -> GatewayConfi
     top.done()
     return GatewayConfig(gateway_id=gid, store_path=store, registry_path=registry, local=local,
                          upstream=upstream, ingest=ingest, limits=limits, lanes=lanes,
-                         liveness=liveness, quarantine_max=qmax, metrics=metrics,
+                         liveness=liveness, quarantine_max=qmax, rotation_grace_s=grace,
+                         metrics=metrics,
                          provision=provision, log_level=log_level)
 
 

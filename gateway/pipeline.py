@@ -51,6 +51,7 @@ class Accepted:
     record: str                # upstream REC as compact JSON
     body: dict[str, Any]
     ts: int
+    key_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ def decide(topic: str | bytes, payload: bytes | bytearray, lookup: Lookup, windo
     env = v.envelope
     rec_id, rec = record_json(v.device_id, env, payload, now)
     return Accepted(v.device_id, v.kind, UP_LANE_BY_KIND[v.kind], v.lane, v.window, rec_id,
-                    rec, env.body, env.ts)
+                    rec, env.body, env.ts, env.key_id)
 
 
 def liveness_record(gateway_id: str, device: str, n: int, state: str, since: float,

@@ -14,7 +14,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from gateway.commands import UNCONFIRMED_S
 from gateway.config import GatewayConfig
+from gateway.errors import GatewayError
 from gateway.forwarder import Forwarder
 from gateway.ingest import Feed, Item, LocalConnection
 from gateway.liveness import LivenessTracker
@@ -41,6 +43,9 @@ class Gateway:
         self.keys = KeyCache(Registry(cfg.registry_path))
         self.keys.refresh(clock(), force=True)
         self.windows: dict[tuple[str, int], ReplayWindow] = self.store.load_windows()
+        self._unconfirmed: dict[str, tuple[int, ...]] = {}
+        self._confirm: set[str] = set()
+        self._keys_reloads = -1
         self.liveness = LivenessTracker(cfg.liveness)
         self.liveness.restore(self.store.load_liveness())
         self.inq = Feed(cfg.ingest.queue_max)
@@ -59,6 +64,37 @@ class Gateway:
         self._log_second = 0
         self._log_budget = LOG_REJECTIONS_PER_S
         self._log_suppressed = 0
+
+    def _note_unconfirmed(self) -> None:
+        """Devices with a key rotation sent but not yet confirmed (the old key
+        kept valid "for ever", commands.UNCONFIRMED_S): device -> new key id."""
+        horizon = self.clock() + UNCONFIRMED_S / 2
+        self._unconfirmed = {}
+        for dev in self.keys.devices.values():
+            if any(k.valid_until is not None and k.valid_until > horizon for k in dev.keys):
+                self._unconfirmed[dev.device_id] = (dev.current_key_id,)
+        self._keys_reloads = self.keys.reloads
+
+    def _confirm_rotations(self, now: float) -> None:
+        """A record signed with the new key proves the device has it, even when
+        the rotate_key ack was lost: start the old key's grace period now."""
+        registry = self.keys.registry
+        for device in sorted(self._confirm):
+            dev = self.keys.devices.get(device)
+            if dev is None:
+                continue
+            for k in dev.keys:
+                if k.key_id != dev.current_key_id and k.valid_until is not None \
+                        and k.valid_until > now + UNCONFIRMED_S / 2:
+                    try:
+                        registry.expire_key(device, k.key_id, now + self.cfg.rotation_grace_s)
+                        log.info("key rotation confirmed by a record", extra={
+                            "device": device, "key_id": dev.current_key_id})
+                    except GatewayError as e:
+                        log.warning("rotation confirm failed", extra={"device": device,
+                                                                      "error": str(e)})
+            self._unconfirmed.pop(device, None)
+        self._confirm.clear()
 
     def _window_of(self, device: str, lane: int) -> ReplayWindow | None:
         return self.windows.get((device, lane))
@@ -104,6 +140,8 @@ class Gateway:
         items = self._drain(timeout)
         now = self.clock()
         self.keys.refresh(now)
+        if self.keys.reloads != self._keys_reloads:
+            self._note_unconfirmed()
         b = CommitBatch()
         cfg = self.cfg
         lookup = self.keys.lookup
@@ -121,6 +159,8 @@ class Gateway:
                 d = decide(topic, payload, lookup, window_of, t, cfg.limits, self.plimits,
                            cfg.gateway_id)
             if isinstance(d, Accepted):
+                if d.key_id in self._unconfirmed.get(d.device, ()):
+                    self._confirm.add(d.device)
                 key = (d.device, d.replay_lane)
                 self.windows[key] = d.window
                 b.windows[key] = d.window
@@ -151,6 +191,8 @@ class Gateway:
             self.store.commit(b, now)
             self.last_commit_s = time.perf_counter() - t0
             self.commits += 1
+        if self._confirm:
+            self._confirm_rotations(now)
         acks: dict[tuple[LocalConnection, int], list[int]] = {}
         for _topic, _payload, mid, qos, _t, conn, gen in items:
             if qos:

@@ -323,3 +323,44 @@ def test_shared_subscription_connections_deliver_everything(tmp_path: Path) -> N
             assert all(c.received > 0 for c in gw.conns)
     finally:
         s.close()
+
+
+def test_a_record_under_the_new_key_confirms_a_rotation_whose_ack_was_lost(site: Site) -> None:
+    from gateway.commands import UNCONFIRMED_S, send_command
+    from protocol.mac import Mac
+
+    dev = site.device("rec002", key_id=0)
+    new: dict[str, Any] = {}
+
+    def on_message(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        v = verify(msg.topic, msg.payload, lambda d: DeviceKeys({0: dev.key}),
+                   lambda d, ln: None, int(time.time()))
+        new["key"] = message.unwrap_rotate_key(Mac(dev.key), "rec002", v.envelope)
+        # the device installs the key but its ack never reaches the gateway
+
+    devc = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="rec002")
+    devc.on_message = on_message
+    devc.connect("127.0.0.1", site.local.port)
+    devc.subscribe(topic_for("rec002", KIND_CMD), qos=1)
+    devc.loop_start()
+    try:
+        with RunningGateway(site.cfg):
+            res = send_command(site.cfg, "rec002", "rotate_key", {}, 2, grace_s=3600)
+            assert res.result is None and "key" in new
+            old = [k for k in site.registry.get("rec002").keys if k.key_id == 0][0]
+            assert old.valid_until > time.time() + UNCONFIRMED_S / 2     # unconfirmed
+            rotated = Device("rec002", key=new["key"], key_id=1, epoch=1)
+            rotated.seq = 100
+            pub = site.publisher()
+            pub.publish_all([rotated.gps()])
+            assert pub.wait(10)
+            deadline = time.time() + 10
+            while time.time() < deadline:
+                old = [k for k in site.registry.get("rec002").keys if k.key_id == 0][0]
+                if old.valid_until is not None and old.valid_until < time.time() + 30 * 86400:
+                    break
+                time.sleep(0.05)
+            assert old.valid_until is not None and old.valid_until < time.time() + 8 * 86400
+    finally:
+        devc.disconnect()
+        devc.loop_stop()
