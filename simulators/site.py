@@ -52,6 +52,10 @@ class Site:
         self.local: Mosquitto | None = None
         # persistent, as a platform broker is: subscribers keep their sessions over a restart
         self.upstream = Mosquitto(self.dir / "upstream", name="upstream", persistence=True)
+        # with security on, the gateway reaches the platform over TLS (verifying its
+        # certificate); the checker, standing in for the platform itself, reads on
+        # the broker's loopback plaintext listener
+        self.upstream_tls_port = free_port() if cfg.tls else 0
         self.gateway_proc: subprocess.Popen[bytes] | None = None
         self.gateway_config = self.dir / "gateway.toml"
         self.gateway_log = self.dir / "gateway.log"
@@ -74,6 +78,15 @@ class Site:
         else:
             self.local = Mosquitto(self.dir / "local", port=self.local_port, name="local",
                                    persistence=True)
+        if self.cfg.tls:
+            up = self.upstream
+            pki = self.pki
+            up.extra = "\n".join([
+                "listener %d 127.0.0.1" % self.upstream_tls_port,
+                "cafile %s" % pki.ca_cert_path,
+                "certfile %s" % (pki.dir / "broker.crt"),
+                "keyfile %s" % (pki.dir / "broker.key"),
+                "tls_version tlsv1.2"])
         registry = Registry(self.dir / "registry.json")
         registry.add_many([(s.device_id, s.kind, s.key, 0) for s in self.specs])
         self.gateway_config.write_text(self.gateway_toml(self.cfg.gateway_id))
@@ -105,12 +118,16 @@ class Site:
             "",
             "[upstream]",
             'host = "127.0.0.1"',
-            "port = %d" % self.upstream.port,
+            "port = %d" % (self.upstream_tls_port or self.upstream.port),
             'client_id = "%s-up"' % self.cfg.gateway_id,
             "backoff_initial_s = 0.2",
             "backoff_max_s = 2.0",
             "[upstream.tls]",
-            "enabled = false",
+            "enabled = %s" % ("true" if self.cfg.tls else "false"),
+        ]
+        if self.cfg.tls:
+            lines.append('ca_file = "%s"' % self.pki.ca_cert_path)
+        lines += [
             "",
             "[metrics]",
             "port = 0",
