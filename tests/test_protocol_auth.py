@@ -19,11 +19,13 @@ from tests.conftest import run_micropython
 KEY = bytes(range(32))
 
 
-def test_hashlib_hmac_matches_stdlib(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(mac_mod, "_std_hmac", None)
+@pytest.mark.parametrize("can_copy", [True, False], ids=["cpython-states", "micropython-path"])
+def test_hashlib_hmac_matches_stdlib(monkeypatch: pytest.MonkeyPatch, can_copy: bool) -> None:
+    monkeypatch.setattr(mac_mod, "_CAN_COPY", can_copy)
     m = mac_mod.Mac(KEY)
     for msg in (b"", b"abc", bytes(range(256)) * 3):
         assert m.full((msg[:7], msg[7:])) == hmac.new(KEY, msg, hashlib.sha256).digest()
+        assert m.full((msg,)) == m.full((msg,))          # the saved states are not consumed
 
 
 def test_constant_time_equal_without_stdlib(monkeypatch: pytest.MonkeyPatch) -> None:
