@@ -71,6 +71,16 @@ def device_ids(records: list[dict[str, Any]]) -> list[str]:
     return [r["id"] for r in records if r["kind"] != "liveness"]
 
 
+
+def command_listener(site: Site, device: str, on_message: Any) -> mqtt.Client:
+    """A device's MQTT session that hands each command it receives to ``on_message``."""
+    devc = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device)
+    devc.on_message = on_message
+    devc.connect("127.0.0.1", site.local.port)
+    devc.subscribe(topic_for(device, KIND_CMD), qos=1)
+    devc.loop_start()
+    return devc
+
 def test_records_arrive_upstream_in_the_fixed_format(site: Site) -> None:
     dev = site.device("rec001")
     msgs = [dev.status("online"), *[dev.gps() for _ in range(20)], dev.alarm(), dev.heartbeat()]
@@ -175,11 +185,7 @@ def test_command_is_signed_delivered_and_its_ack_reported_and_forwarded(site: Si
                                                 "cmd_seq": v.envelope.seq, "result": "ok"})
         client.publish(topic_for("rec001", KIND_ACK), ack, qos=1)
 
-    devc = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="rec001")
-    devc.on_message = on_message
-    devc.connect("127.0.0.1", site.local.port)
-    devc.subscribe(topic_for("rec001", KIND_CMD), qos=1)
-    devc.loop_start()
+    devc = command_listener(site, "rec001", on_message)
     try:
         with RunningGateway(site.cfg):
             from gateway.commands import send_command
@@ -283,11 +289,7 @@ def test_rotate_key_over_the_air_new_and_old_key_both_accepted(site: Site) -> No
                                                 "cmd_seq": v.envelope.seq, "result": "ok"})
         client.publish(topic_for("rec001", KIND_ACK), ack, qos=1)
 
-    devc = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="rec001")
-    devc.on_message = on_message
-    devc.connect("127.0.0.1", site.local.port)
-    devc.subscribe(topic_for("rec001", KIND_CMD), qos=1)
-    devc.loop_start()
+    devc = command_listener(site, "rec001", on_message)
     try:
         with RunningGateway(site.cfg) as gw:
             from gateway.commands import send_command
@@ -338,11 +340,7 @@ def test_a_record_under_the_new_key_confirms_a_rotation_whose_ack_was_lost(site:
         new["key"] = message.unwrap_rotate_key(Mac(dev.key), "rec002", v.envelope)
         # the device installs the key but its ack never reaches the gateway
 
-    devc = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="rec002")
-    devc.on_message = on_message
-    devc.connect("127.0.0.1", site.local.port)
-    devc.subscribe(topic_for("rec002", KIND_CMD), qos=1)
-    devc.loop_start()
+    devc = command_listener(site, "rec002", on_message)
     try:
         with RunningGateway(site.cfg):
             res = send_command(site.cfg, "rec002", "rotate_key", {}, 2, grace_s=3600)
