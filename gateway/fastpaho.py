@@ -12,7 +12,14 @@ the ingest thread's time (see bench/README.md). This subclass:
   PUBACKs are concatenated into one queued packet;
 - hands each message straight to ``on_message`` (no per-topic callback
   matching, which decodes the topic twice; ``message_callback_add`` is not
-  supported on this client).
+  supported on this client);
+- with ``on_message_batch`` set, splits every whole QoS 0/1 PUBLISH already
+  in the read buffer itself (``split_publishes``, pure) and hands them over
+  as one list of ``(topic, payload, mid, qos)``: no ``MQTTMessage``, no
+  per-packet log formatting, no three-``recv`` state machine. paho's own
+  path (``_packet_read``) still reads everything else: CONNACK, SUBACK,
+  PINGRESP, QoS 2, a packet cut by the end of the buffer, and anything
+  malformed, which it reports as a protocol error as before.
 
 It relies on paho 2.x internals (``_create_socket``, ``_packet_read``,
 ``_packet_queue``); pyproject pins paho-mqtt < 3 and the gateway tests
@@ -22,6 +29,7 @@ exercise it end to end.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -30,6 +38,55 @@ _PUBACK = struct.Struct("!BBH")
 PUBACK = 0x40
 READ_SIZE = 65536
 MAX_PACKETS_PER_READ = 2000    # then let the loop write (acks, pings) again
+
+
+Publish = tuple[bytes, bytes, int, int]     # topic, payload, mid (0 for QoS 0), qos
+
+
+def split_publishes(buf: bytes, pos: int, limit: int) -> tuple[list[Publish], int]:
+    """The whole QoS 0/1 MQTT 3.1.1 PUBLISH packets in ``buf`` from ``pos``.
+
+    Returns them (at most ``limit``) and the offset of the first byte not
+    consumed: the end, or the start of a packet that is not a QoS 0/1
+    PUBLISH, is cut short, or is malformed (paho's reader then takes it).
+    """
+    out: list[Publish] = []
+    end = len(buf)
+    while pos + 2 <= end and len(out) < limit:
+        cmd = buf[pos]
+        if cmd & 0xF0 != 0x30:
+            break
+        qos = (cmd >> 1) & 3
+        if qos > 1:
+            break
+        i = pos + 1
+        length = 0
+        shift = 0
+        while True:
+            if i >= end or shift > 21:
+                return out, pos
+            b = buf[i]
+            i += 1
+            length |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                break
+        stop = i + length
+        if stop > end or length < 2:
+            break
+        tlen = (buf[i] << 8) | buf[i + 1]
+        body = i + 2 + tlen
+        if qos:
+            if body + 2 > stop:
+                break
+            mid = (buf[body] << 8) | buf[body + 1]
+            out.append((buf[i + 2:body], buf[body + 2:stop], mid, 1))
+        else:
+            if body > stop:
+                break
+            out.append((buf[i + 2:body], buf[body:stop], 0, 0))
+        pos = stop
+    return out, pos
 
 
 class BufferedSocket:
@@ -60,8 +117,31 @@ class BufferedSocket:
 
 
 class FastClient(mqtt.Client):
+    # called with a list of Publish from the loop thread; None: paho's on_message
+    on_message_batch: Callable[[list[Publish]], None] | None = None
+
     def _create_socket(self) -> Any:
         return BufferedSocket(super()._create_socket())
+
+    def _read_buffered_publishes(self) -> None:
+        sock = self._sock
+        on_batch = self.on_message_batch
+        if on_batch is None or not isinstance(sock, BufferedSocket):
+            return
+        if self._in_packet["command"] != 0:      # paho is inside a packet
+            return
+        batch, sock._pos = split_publishes(sock._buf, sock._pos, MAX_PACKETS_PER_READ)
+        if batch:
+            with self._msgtime_mutex:
+                self._last_bytes_received = mqtt.time_func()
+            with self._in_callback_mutex:
+                try:
+                    on_batch(batch)
+                except Exception as err:
+                    self._easy_log(mqtt.MQTT_LOG_ERR, "Caught exception in on_message_batch: %s",
+                                   err)
+                    if not self.suppress_exceptions:
+                        raise
 
     def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
         for _ in range(MAX_PACKETS_PER_READ):
@@ -72,6 +152,7 @@ class FastClient(mqtt.Client):
                 return self._loop_rc_handle(rc)
             if rc == mqtt.MQTTErrorCode.MQTT_ERR_AGAIN:
                 break
+            self._read_buffered_publishes()
             pending = getattr(self._sock, "pending", None)
             if pending is not None and not pending():
                 break

@@ -23,7 +23,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.config import BrokerConfig, LocalConfig
-from gateway.fastpaho import FastClient
+from gateway.fastpaho import FastClient, Publish
 
 log = logging.getLogger("gateway.ingest")
 
@@ -54,6 +54,16 @@ class Feed:
             self.ready.set()
             time.sleep(0.001)
         self.items.append(item)
+        if not self.ready.is_set():
+            self.ready.set()
+
+    def put_many(self, items: list[Item]) -> None:
+        """Like ``put`` for one socket read: the bound may be passed by that one read."""
+        while len(self.items) >= self.maxsize:
+            self.full_waits += 1
+            self.ready.set()
+            time.sleep(0.001)
+        self.items.extend(items)
         if not self.ready.is_set():
             self.ready.set()
 
@@ -105,6 +115,8 @@ class LocalConnection:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        if isinstance(self.client, FastClient):
+            self.client.on_message_batch = self._on_message_batch
         self.client.on_subscribe = self._on_subscribe
         self.lock = threading.Lock()
         self.generation = 0
@@ -156,6 +168,15 @@ class LocalConnection:
         item: Item = (msg._topic if msg._topic else b"", payload, msg.mid, msg.qos,
                       time.time(), self, self.generation)
         self.out.put(item)
+
+    def _on_message_batch(self, batch: list[Publish]) -> None:
+        """Whole PUBLISH packets of one socket read (see fastpaho): one clock reading."""
+        self.received += len(batch)
+        t = time.time()
+        gen = self.generation
+        self.out.put_many([(topic, payload if len(payload) <= OVERSIZE_KEEP
+                            else payload[:OVERSIZE_KEEP], mid, qos, t, self, gen)
+                           for topic, payload, mid, qos in batch])
 
     def ack_many(self, mids: list[int], generation: int) -> None:
         """Acknowledge QoS 1 messages received on connection ``generation``."""
