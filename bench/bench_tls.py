@@ -115,6 +115,7 @@ def run_site(work: Path, tls: bool, epoch: int) -> dict:
         dev = device_run(flash, site.local_port, tls)
         out["device_connect_ms"] = dev["connect_ms"]
         out["device_rate"] = dev["rate"]
+        out["device_session_heap"] = dev["session_heap"] / 1024
         checker = Checker(CheckerConfig(port=site.upstream.port, client_id="bench-tls")).start()
         checker.wait_idle(2.0, 30.0, min_messages=0)     # the device run's records
         base = len(checker.arrived_ids())
@@ -144,6 +145,8 @@ def main() -> None:
     print("%-52s %12s %12s" % ("", "plaintext", "mutual TLS"))
     rows = [("MicroPython device: connect (TCP+TLS+CONNACK)", "device_connect_ms", "%.0f ms"),
             ("MicroPython device: QoS 1 records/s, 8 in flight", "device_rate", "%.0f /s"),
+            ("MicroPython device: heap held by the open connection", "device_session_heap",
+             "%.1f KiB"),
             ("gateway paho client: connect", "gateway_connect_ms", "%.1f ms"),
             ("gateway end to end, 3 publishers: records/s", "gateway_rate", "%.0f /s")]
     for label, key, fmt in rows:

@@ -5,9 +5,12 @@
 Connects with the firmware's own MqttClient over the firmware's TcpLink
 (mutual TLS with the DER files in FLASH_DIR when ``tls`` is given), then
 publishes N pre-signed 49-byte GPS records at QoS 1 with 8 in flight.
-Prints one JSON line: connect_ms (TCP + TLS + CONNECT/CONNACK) and rate.
+Prints one JSON line: connect_ms (TCP + TLS + CONNECT/CONNACK), the heap the
+open connection holds (session_heap, after a collection: on the unix port
+mbedTLS allocates from the MicroPython heap) and rate.
 """
 
+import gc
 import json
 import sys
 
@@ -52,6 +55,8 @@ def main(argv):
     c.on_message = lambda t, p: None
     c.on_closed = lambda r: None
     link = TcpLink(flash)
+    gc.collect()
+    heap_before = gc.mem_alloc()
     t0 = ticks_ms()
     c.start(link.open(host, port, tls, 10000), t0)
     while not st.up:
@@ -59,6 +64,8 @@ def main(argv):
         if ticks_diff(ticks_ms(), t0) > 15000:
             raise OSError("no CONNACK")
     connect_ms = ticks_diff(ticks_ms(), t0)
+    gc.collect()
+    session_heap = gc.mem_alloc() - heap_before   # socket, TLS context and session, MQTT
     t1 = ticks_ms()
     sent = 0
     flags = codec.make_flags(0)
@@ -74,7 +81,8 @@ def main(argv):
         if ticks_diff(ticks_ms(), t1) > 120000:
             break
     secs = ticks_diff(ticks_ms(), t1) / 1000
-    print(json.dumps({"connect_ms": connect_ms, "records": st.acked,
+    print(json.dumps({"connect_ms": connect_ms, "session_heap": session_heap,
+                      "records": st.acked,
                       "rate": st.acked / secs if secs else 0}))
     c.disconnect()
 
