@@ -1,0 +1,103 @@
+"""Where the firmware's heap goes on the MicroPython unix port, module by module,
+and what one function or one global name costs there.
+
+    .venv/bin/python bench/firmware_heap_anatomy.py
+
+Builds the unix firmware (mpy-cross, as ``make firmware BOARD=unix``), then
+runs one MicroPython process that imports the modules in dependency order
+and prints the heap each one adds after a collection; then imports
+generated modules (100 trivial functions, 100 methods, 100 long global
+names, 100 string constants) to price those shapes. These are the figures
+to read before trying to fit the firmware in a smaller heap.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from firmware.build import build  # noqa: E402
+from firmware.devtools import micropython_binary  # noqa: E402
+
+MODULES = [
+    "protocol.errors", "protocol.topics", "protocol.mac", "protocol.codec", "protocol.auth",
+    "protocol.replay", "protocol.verify", "protocol.bundle",
+    "firmware.app.compat", "firmware.app.config", "firmware.app.store", "firmware.app.state",
+    "firmware.app.outbox", "firmware.app.mqtt", "firmware.app.nmea", "firmware.app.sampler",
+    "firmware.app.watchdog", "firmware.app.commands", "firmware.app.inputs",
+    "firmware.app.device", "firmware.app.recorder", "firmware.app.wristband",
+    "firmware.app.factory", "firmware.boards.base", "firmware.boards.tcplink",
+    "firmware.boards.unix",
+]
+
+SHAPES = {
+    "100 functions `def fN(a): return a+N`":
+        "\n".join("def f%d(a):\n    return a+%d\n" % (i, i) for i in range(100)),
+    "1 class with 100 such methods":
+        "class C:\n" + "\n".join("    def m%d(self, a):\n        return a+%d\n" % (i, i)
+                                 for i in range(100)),
+    "100 globals with 37-character names":
+        "\n".join("very_long_descriptive_name_number_%03d = %d" % (i, i) for i in range(100)),
+    "100 distinct 31-character string constants":
+        "S = (\n" + "\n".join("    'this is message number %03d here'," % i
+                              for i in range(100)) + ")\n",
+}
+
+SCRIPT = """
+import gc, sys
+import socket, ssl, json, hashlib, struct, select, time, os, binascii, math
+sys.path.insert(0, %(build)r)
+sys.path.insert(0, %(shapes)r)
+gc.collect()
+start = prev = gc.mem_alloc()
+for m in %(modules)r:
+    __import__(m)
+    gc.collect()
+    now = gc.mem_alloc()
+    print("module %%s %%d" %% (m, now - prev))
+    prev = now
+print("total firmware %%d" %% (prev - start))
+for i in range(%(n)d):
+    gc.collect()
+    a = gc.mem_alloc()
+    __import__("shape%%d" %% i)
+    gc.collect()
+    print("shape %%d %%d" %% (i, gc.mem_alloc() - a))
+"""
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="heap-anatomy-") as tmp:
+        work = Path(tmp)
+        fw, _files = build("unix", work / "fw")
+        shapes = work / "shapes"
+        shapes.mkdir()
+        names = list(SHAPES)
+        for i, name in enumerate(names):
+            (shapes / ("shape%d.py" % i)).write_text(SHAPES[name])
+        script = work / "anatomy.py"
+        script.write_text(SCRIPT % {"build": str(fw), "shapes": str(shapes),
+                                    "modules": MODULES, "n": len(names)})
+        out = subprocess.run([micropython_binary(), "-X", "heapsize=1m", str(script)],
+                             capture_output=True, text=True, timeout=120, cwd=tmp)
+        if out.returncode:
+            raise SystemExit(out.stdout + out.stderr)
+        print("heap added by each import (after gc.collect), MicroPython unix port, .mpy build:")
+        for line in out.stdout.splitlines():
+            kind, _, rest = line.partition(" ")
+            label, _, value = rest.rpartition(" ")
+            if kind == "module":
+                print("  %-28s %7.1f KiB" % (label, int(value) / 1024))
+            elif kind == "total":
+                print("  %-28s %7.1f KiB" % ("all firmware modules", int(value) / 1024))
+            else:
+                shape = names[int(label)]
+                print("  %-46s %6d B  (%d B each)" % (shape, int(value), int(value) // 100))
+
+
+if __name__ == "__main__":
+    main()
