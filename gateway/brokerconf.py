@@ -15,6 +15,10 @@ What it enforces (mosquitto 2.0):
   mosquitto refuses ``%u`` substitution for usernames with ``+``, ``#`` or
   ``/`` — and such ids never get certificates anyway.
 
+``max_inflight_messages`` stays within the 128-record replay window: after a
+gateway crash the broker redelivers that many committed but unacknowledged
+records, and the gateway must be able to tell them from replays.
+
 A publish denied by the ACL still gets its PUBACK under MQTT 3.1.1; the
 message is silently dropped. Tests therefore check what arrives.
 """
@@ -26,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.errors import GatewayError
+from protocol.replay import WINDOW as REPLAY_WINDOW
 from protocol.topics import is_valid_device_id
 
 DEVICE_WRITE_KINDS = ("gps", "hb", "alarm", "status", "ack")
@@ -66,6 +71,11 @@ def acl_text(gateway_ids: tuple[str, ...], revoked: tuple[str, ...] = ()) -> str
 
 
 def config_text(s: BrokerSettings) -> str:
+    if not 1 <= s.max_inflight <= REPLAY_WINDOW:
+        # after a gateway crash the broker redelivers up to this many committed but
+        # unacknowledged records; beyond the window they would count as replayed
+        raise GatewayError("max_inflight must be 1..%d (the replay window), got %d"
+                           % (REPLAY_WINDOW, s.max_inflight), "config_invalid")
     pki = s.pki_dir.resolve()
     out = s.out_dir.resolve()
     lines = ["# fieldtrace edge broker: written by `python -m gateway broker-config`"]

@@ -42,8 +42,6 @@ class BrokerConfig:
 class LocalConfig:
     broker: BrokerConfig = BrokerConfig()
     subscriptions: tuple[str, ...] = ("ft/v1/+/+",)
-    connections: int = 1          # > 1: shared subscription $share/<group>/...
-    share_group: str = "fieldtrace"
 
 
 @dataclass(frozen=True)
@@ -267,9 +265,13 @@ def parse_config(data: dict[str, Any], base: Path | None = None) -> GatewayConfi
 
     ls = top.get_table("local")
     local = LocalConfig(broker=_broker(ls, BrokerConfig(port=1883)),
-                        subscriptions=_subscriptions(ls),
-                        connections=ls.get_int("connections", 1, 1, 16),
-                        share_group=ls.get_str("share_group", "fieldtrace"))
+                        subscriptions=_subscriptions(ls))
+    if ls.get_int("connections", 1, 1, 16) != 1:
+        # A shared subscription hands one device's records to the connections in
+        # turn; read back in socket-sized runs they arrive further out of order
+        # than the 128-record replay window, which would refuse them as replayed.
+        raise ConfigError("local.connections", "only 1 is supported: a shared subscription "
+                          "reorders a device's records beyond the replay window")
     ls.done()
 
     us = top.get_table("upstream")

@@ -3,8 +3,12 @@
 Each connection has a persistent session (clean_session false, fixed client
 id) and ``manual_ack``: a QoS 1 message is acknowledged only when the
 committer says its verdict is durable. If the gateway dies, the broker
-redelivers whatever was not acknowledged. With ``connections > 1`` the
-connections share one subscription (``$share/<group>/...``).
+redelivers whatever was not acknowledged. There is one connection: a
+shared subscription (``$share/...``) would hand a device's records to
+several connections in turn and reorder them beyond the replay window.
+The broker's ``max_inflight_messages`` must stay within that window too
+(brokerconf writes 100): after a crash it redelivers at most that many
+committed-but-unacknowledged records, which then count as duplicates.
 
 An acknowledgement is only sent on the connection (generation) that
 received the message: after a reconnect the old message ids mean nothing,
@@ -107,8 +111,7 @@ class LocalConnection:
         self.cfg = cfg
         self.index = index
         self.out = out
-        cid = cfg.broker.client_id if cfg.connections == 1 else "%s-%d" % (
-            cfg.broker.client_id, index)
+        cid = cfg.broker.client_id
         self.client = make_client(cfg.broker, cid, clean_session=False, manual_ack=True,
                                   fast=True)
         self.client.reconnect_delay_set(1, 10)
@@ -126,9 +129,7 @@ class LocalConnection:
         self.stale_acks = 0          # acks skipped: their connection is gone
 
     def filters(self) -> list[str]:
-        if self.cfg.connections == 1:
-            return list(self.cfg.subscriptions)
-        return ["$share/%s/%s" % (self.cfg.share_group, f) for f in self.cfg.subscriptions]
+        return list(self.cfg.subscriptions)
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any,
                     props: Any = None) -> None:

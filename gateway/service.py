@@ -51,8 +51,7 @@ class Gateway:
         self.inq = Feed(cfg.ingest.queue_max)
         self.acked: deque[list[ACKED]] = deque()
         self.forwarder = Forwarder(cfg, self.acked.append)
-        self.conns = [LocalConnection(cfg.local, i, self.inq)
-                      for i in range(cfg.local.connections)]
+        self.conns = [LocalConnection(cfg.local, 0, self.inq)]
         self.plimits = protocol_limits(cfg.limits)
         self.stopping = threading.Event()
         self.next_tick = 0.0

@@ -47,6 +47,7 @@ def test_minimal_config_takes_defaults_and_resolves_paths(tmp_path: Path) -> Non
     ("upstream.port", "x", "integer"),
     ("upstream.port", 70000, "1..65535"),
     ("local.connections", 0, "1..16"),
+    ("local.connections", 2, "only 1 is supported"),
     ("ingest.sync", "sometimes", "normal|full"),
     ("lanes.telemetry.quota_mb", -1, "number"),
     ("liveness.debounce_s", True, "number"),

@@ -14,6 +14,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from gateway import brokerconf
+from gateway.errors import GatewayError
 from gateway.pki import Pki, PkiError
 from simulators.mosquitto import Mosquitto, free_port
 
@@ -208,3 +209,12 @@ def test_broker_config_has_no_plaintext_listener_unless_asked(site: Site) -> Non
     with_plain = brokerconf.config_text(
         brokerconf.BrokerSettings(pki_dir=site.pki.dir, out_dir=Path("/x"), plaintext_port=1883))
     assert "listener 1883 127.0.0.1" in with_plain
+
+
+def test_broker_config_keeps_inflight_messages_within_the_replay_window(site: Site) -> None:
+    s = brokerconf.BrokerSettings(pki_dir=site.pki.dir, out_dir=Path("/x"))
+    assert "max_inflight_messages 100" in brokerconf.config_text(s)
+    for bad in (0, 129):
+        with pytest.raises(GatewayError, match="replay window"):
+            brokerconf.config_text(brokerconf.BrokerSettings(
+                pki_dir=site.pki.dir, out_dir=Path("/x"), max_inflight=bad))
