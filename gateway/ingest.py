@@ -43,7 +43,8 @@ class Feed:
     A deque (appends and pops are atomic) plus an Event to wake the committer:
     cheaper per message than ``queue.Queue``. Bound: ``maxsize``; when full the
     paho thread waits (backpressure: the broker keeps the rest, unacknowledged)
-    and each wait is counted.
+    and each wait is counted. Once closed (stopping) it takes nothing more:
+    what it refuses was never acknowledged, so the broker redelivers it.
     """
 
     def __init__(self, maxsize: int) -> None:
@@ -51,22 +52,33 @@ class Feed:
         self.maxsize = maxsize
         self.ready = threading.Event()
         self.full_waits = 0
+        self.closed = False
+        self.refused_closed = 0      # not taken after close: unacknowledged, redelivered
 
-    def put(self, item: Item) -> None:
-        while len(self.items) >= self.maxsize:
+    def close(self) -> None:
+        """Take nothing more (a waiting put returns): the gateway is stopping."""
+        self.closed = True
+
+    def _wait_for_room(self) -> bool:
+        while len(self.items) >= self.maxsize and not self.closed:
             self.full_waits += 1
             self.ready.set()
             time.sleep(0.001)
+        return not self.closed
+
+    def put(self, item: Item) -> None:
+        if not self._wait_for_room():
+            self.refused_closed += 1
+            return
         self.items.append(item)
         if not self.ready.is_set():
             self.ready.set()
 
     def put_many(self, items: list[Item]) -> None:
         """Like ``put`` for one socket read: the bound may be passed by that one read."""
-        while len(self.items) >= self.maxsize:
-            self.full_waits += 1
-            self.ready.set()
-            time.sleep(0.001)
+        if not self._wait_for_room():
+            self.refused_closed += len(items)
+            return
         self.items.extend(items)
         if not self.ready.is_set():
             self.ready.set()
@@ -197,8 +209,13 @@ class LocalConnection:
         self.client.connect_async(b.host, b.port, b.keepalive_s)
         self.client.loop_start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
+        """Disconnect cleanly: the loop thread writes what is queued (the last
+        PUBACKs) and then the DISCONNECT before it is stopped."""
         try:
             self.client.disconnect()
+            deadline = time.monotonic() + timeout
+            while self.connected.is_set() and time.monotonic() < deadline:
+                time.sleep(0.005)
         finally:
             self.client.loop_stop()

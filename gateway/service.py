@@ -116,10 +116,14 @@ class Gateway:
             self.shutdown()
 
     def shutdown(self) -> None:
+        # Stop taking messages first (a paho thread waiting on a full feed returns),
+        # then commit and acknowledge what was received while the connection is
+        # still up, so that the PUBACKs go out before the DISCONNECT.
+        self.inq.close()
+        while len(self.inq):
+            self.step(0.0)
         for c in self.conns:
             c.stop()
-        while len(self.inq):   # commit and ack what was already received
-            self.step(0.0)
         self.forwarder.stop()
         self.step(0.0)
         self.store.close()

@@ -330,6 +330,35 @@ def test_a_burst_of_one_device_far_beyond_the_replay_window_is_all_accepted(
         s.close()
 
 
+def test_stop_with_a_full_feed_returns_and_acknowledges_everything_it_committed(
+        tmp_path: Path) -> None:
+    """SIGTERM's path (Gateway.stop) while the paho thread waits on a full feed:
+    the committer must not wait for it forever, and what was committed must be
+    acknowledged before the disconnect — the next run then sees no duplicate."""
+    s = Site(tmp_path, ingest={"queue_max": 1, "batch_max": 1, "linger_ms": 20})
+    try:
+        dev = s.device("rec001")
+        msgs = [dev.gps() for _ in range(5000)]
+        gw = RunningGateway(s.cfg)
+        first = gw.__enter__()
+        pub = s.publisher()
+        pub.publish_all(msgs)
+        assert wait_until(lambda: first.inq.full_waits > 0, 10)
+        first.stop()
+        gw.thread.join(10)
+        assert not gw.thread.is_alive(), "the gateway did not stop with a full feed"
+        accepted_first = first.snapshot.get("accepted", 0)
+        assert accepted_first > 0
+        with RunningGateway(s.cfg) as second:
+            assert pub.wait(30)
+            assert s.collector.wait_for(lambda r: len(set(device_ids(r))) == 5000, 60), (
+                second.snapshot)
+        assert second.snapshot.get("duplicate", 0) == 0, second.snapshot
+        assert second.snapshot["accepted"] == 5000       # counters are kept in the store
+    finally:
+        s.close()
+
+
 def test_a_record_under_the_new_key_confirms_a_rotation_whose_ack_was_lost(site: Site) -> None:
     from gateway.commands import UNCONFIRMED_S, send_command
     from protocol.mac import Mac
