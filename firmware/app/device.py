@@ -21,6 +21,9 @@ Recorder and Wristband (recorder.py, wristband.py) add their inputs and
 heartbeat fields. A missing or malformed config or key puts the device in
 safe idle: no radio, no records, the watchdog fed, the reason logged every
 minute, the config re-read every minute (so provisioning fixes it in place).
+A flash that cannot take the boot epoch (full, failing) is safe idle too:
+the epoch write is retried in place every minute and the device starts
+once it succeeds (no reboot loop).
 """
 
 import gc
@@ -65,6 +68,7 @@ class Device:
         self.board = board
         self.log = board.log
         self.idle_reason = None
+        self._idle_state = False     # idle because the flash refused the epoch
         self._idle_next = now_ms
         self.reboot_at = None
         try:
@@ -74,11 +78,19 @@ class Device:
         except ConfigError as e:
             self._enter_idle(e, now_ms)
             return
+        self._try_setup(now_ms)
+
+    def _try_setup(self, now_ms):
         try:
             self._setup(now_ms)
         except (OSError, StateError) as e:
             # flash unusable: without a durable epoch nothing may be signed
+            self._idle_state = True
             self._enter_idle("state_error: %s" % e, now_ms)
+            return False
+        self._idle_state = False
+        self.idle_reason = None
+        return True
 
     def _enter_idle(self, err, now_ms):
         self.idle_reason = str(err)
@@ -121,6 +133,7 @@ class Device:
                     "fw_minor": FW_VERSION[1], "fw_patch": FW_VERSION[2]}
         self._acks = []
         self.acks_dropped = 0
+        self._flash_logged = False
         self.reset_cause = b.reset_cause()
         self.boot_ms = now_ms
         self._fix_seen = 0
@@ -203,6 +216,12 @@ class Device:
     def _poll_idle(self, now_ms):
         self.board.watchdog.feed()
         if ticks_diff(now_ms, self._idle_next) >= 0:
+            if self._idle_state:
+                # the config is fine: retry the state write in place
+                if self._try_setup(now_ms):
+                    self.log("I flash writable again, leaving safe idle")
+                    return 0
+                return 1000
             try:
                 self.cfg = load_config(self.board.store)
                 self.key_id, self.key = load_signing_key(self.board.store, self.cfg.key_id)
@@ -270,12 +289,25 @@ class Device:
     def _queue(self, kind, n, is_alarm, now_ms):
         n = self.signer.sign_into(self._env, n, kind)
         appends = self.outbox.flash_appends
-        self.outbox.append(is_alarm, self._env_mv, n, now_ms)
+        kept = self.outbox.append(is_alarm, self._env_mv, n, now_ms)
         self.records += 1
+        self._log_flash()
         if self.trace:
-            self.log("T rec %d %d %d" % (kind, self.counter.epoch, self.counter.seq - 1))
+            self.log("T %s %d %d %d" % ("rec" if kept else "drop", kind, self.counter.epoch,
+                                        self.counter.seq - 1))
             if self.outbox.flash_appends != appends:
                 self._trace_flush()
+
+    def _log_flash(self):
+        """A failing flash is logged with its reason once per burst."""
+        ob = self.outbox
+        if ob.failing != self._flash_logged:
+            self._flash_logged = ob.failing
+            if ob.failing:
+                self.log("E flash: %s; records kept in RAM, %d dropped so far" % (
+                    ob.error, ob.drops))
+            else:
+                self.log("I flash writes again; %d records dropped so far" % ob.drops)
 
     def _trace_flush(self):
         """Trace which records are durable (tests check nothing durable is lost)."""
@@ -547,6 +579,7 @@ class Device:
     def _store(self, now_ms):
         if self.outbox.poll(now_ms) and self.trace:
             self._trace_flush()
+        self._log_flash()
 
     def shutdown(self, why):
         """Before a planned reboot or power off: RAM tail to flash."""

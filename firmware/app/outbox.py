@@ -20,7 +20,17 @@ unacked record again (duplicates with identical seq, nothing lost).
 
 Bound and eviction. At most ``max_records`` across both lanes. When full,
 the oldest telemetry segment is deleted and its unacked records counted in
-``drops``; an alarm segment goes only when no telemetry is left.
+the lane's ``drops``; an alarm segment goes only when no telemetry is left.
+
+Failing flash (full, worn out, unmounted). ``append`` never raises: a
+record that fits in the lane's RAM tail is kept there (sendable, and acked
+from RAM while online); one that fits nowhere is refused (``append`` returns
+False) and counted in the lane's ``drops``. The alarm lane has its own RAM
+tail (``ALARM_RAM_RECORDS`` records) that telemetry never fills, so alarms
+are the last thing dropped. After a failed append a lane waits
+``FLUSH_RETRY_MS`` before the next attempt (``failing`` and ``error`` say
+why, for one log line per burst); a cursor that cannot be saved stays dirty
+and is saved later.
 
 Flash wear. New records sit in a RAM tail of up to ``flush_records``
 records and are appended in one write when the tail is full, when the
@@ -38,12 +48,14 @@ import struct
 
 import binascii
 
-from firmware.app.compat import ticks_diff
+from firmware.app.compat import ticks_add, ticks_diff
 
 MAGIC = 0xA5
 FRAME_OVERHEAD = 6
 MAX_PAYLOAD = 128
 _RAM = -1               # segment id that stands for the RAM tail
+FLUSH_RETRY_MS = 10000  # after a failed flash append, wait this long to retry
+ALARM_RAM_RECORDS = 4   # alarms the alarm lane can hold in RAM when flash fails
 
 
 def _crc(mv):
@@ -53,7 +65,7 @@ def _crc(mv):
 class LaneLog:
     """One lane's FIFO: flash segments followed by the RAM tail."""
 
-    def __init__(self, store, name, segment_records, flush_records):
+    def __init__(self, store, name, segment_records, flush_records, ram_bytes=0):
         self.store = store
         self.name = name
         self.dir = "ob/" + name
@@ -63,7 +75,7 @@ class LaneLog:
         self.seg_count = []     # valid records in each
         self.seg_size = []      # valid bytes in each
         self.write_open = False  # may the last segment take more appends?
-        self.ram = bytearray(flush_records * 72 + MAX_PAYLOAD + FRAME_OVERHEAD)
+        self.ram = bytearray(max(ram_bytes, flush_records * 72 + MAX_PAYLOAD + FRAME_OVERHEAD))
         self.ram_len = 0
         self.ram_count = 0
         self.ram_since = 0
@@ -82,6 +94,11 @@ class LaneLog:
         self.last_appended = b""
         self.last_flushed = b""
         self.flushes = 0        # appends to flash (the wear figure)
+        self.drops = 0          # records lost: evicted, or refused with flash failing
+        self.failing = False    # the last flash append failed ...
+        self.error = ""         # ... for this reason
+        self._retry_at = 0
+        self._backoff = False   # failing, and _retry_at not yet reached
         self._rf = None
         self._rf_seg = None
         self._hdr = bytearray(2)
@@ -138,8 +155,17 @@ class LaneLog:
             seg = self.head_seg
             off = self.head_off
         head = struct.pack(">II", seg, off)
-        self.store.write_atomic(self.dir + ".cur", head + struct.pack(">I", _crc(head)))
+        try:
+            self.store.write_atomic(self.dir + ".cur", head + struct.pack(">I", _crc(head)))
+        except OSError as e:
+            # a stale cursor only means duplicates after a reboot: keep going
+            self.store.errors += 1
+            self.failing = True
+            self.error = "cursor: %s" % e
+            self.dirty = True
+            return False
         self.dirty = False
+        return True
 
     def _seg_name(self, sid):
         return "%s/%08d.seg" % (self.dir, sid)
@@ -187,10 +213,16 @@ class LaneLog:
 
     # ---- writing ----
 
-    def append(self, mv, n, now_ms):
-        """Frame ``mv[:n]`` into the RAM tail (flushing first if it is full)."""
+    def append(self, mv, n, now_ms, urgent=False):
+        """Frame ``mv[:n]`` into the RAM tail (flushing first if it is full).
+        False if there was no room (flash failing): the record is dropped and
+        counted. ``urgent`` (alarms) tries the flash even while backing off."""
         if self.ram_len + n + FRAME_OVERHEAD > len(self.ram):
-            self.flush()
+            if (urgent or self.may_flush(now_ms)) and self.flush(now_ms):
+                pass
+            if self.ram_len + n + FRAME_OVERHEAD > len(self.ram):
+                self.drops += 1
+                return False
         ram = self.ram
         p = self.ram_len
         ram[p] = MAGIC
@@ -204,14 +236,31 @@ class LaneLog:
         self.ram_len = p + n + FRAME_OVERHEAD
         self.ram_count += 1
         self.count += 1
+        return True
+
+    def may_flush(self, now_ms):
+        """False while backing off after a failed flash append."""
+        if self._backoff and ticks_diff(now_ms, self._retry_at) < 0:
+            return False
+        self._backoff = False
+        return True
+
+    def age_out(self, now_ms, limit_ms):
+        """Keep tick stamps within ``limit_ms`` of now (ticks wrap): call
+        at least daily, the device does it every second."""
+        if self.ram_count and ticks_diff(now_ms, self.ram_since) > limit_ms:
+            self.ram_since = ticks_add(now_ms, -limit_ms)
+        self.may_flush(now_ms)
 
     def flush_due(self, now_ms, flush_age_ms):
-        return self.ram_count and (
+        return self.ram_count and self.may_flush(now_ms) and (
             self.ram_count >= self.flush_records
             or ticks_diff(now_ms, self.ram_since) >= flush_age_ms)
 
-    def flush(self):
-        """Append the RAM tail to flash in one write; True if written."""
+    def flush(self, now_ms=None):
+        """Append the RAM tail to flash in one write; True if written. On
+        failure the records stay in RAM and, given ``now_ms``, the lane
+        backs off for FLUSH_RETRY_MS."""
         if not self.ram_count:
             return False
         if not self.write_open or self.seg_count[-1] >= self.segment_records:
@@ -225,12 +274,18 @@ class LaneLog:
         base = self.seg_size[-1]
         try:
             self.store.append(self._seg_name(sid), memoryview(self.ram)[:self.ram_len])
-        except OSError:
+        except OSError as e:
             self.store.errors += 1
             self.write_open = False   # never append behind a partial write
             if self.seg_count[-1] == 0:
                 self._drop_last_empty()
+            self.failing = True
+            self.error = "append: %s" % e
+            if now_ms is not None:
+                self._retry_at = ticks_add(now_ms, FLUSH_RETRY_MS)
+                self._backoff = True
             return False
+        self.failing = False
         self.flushes += 1
         self.seg_count[-1] += self.ram_count
         self.seg_size[-1] = base + self.ram_len
@@ -438,9 +493,9 @@ class Outbox:
         self.max_records = max_records
         self.flush_age_ms = flush_age_s * 1000
         self.cursor_save_ms = cursor_save_s * 1000
-        self.alarm = LaneLog(store, "a", max(8, segment_records // 8), 1)
+        self.alarm = LaneLog(store, "a", max(8, segment_records // 8), 1,
+                             ALARM_RAM_RECORDS * (MAX_PAYLOAD + FRAME_OVERHEAD))
         self.tele = LaneLog(store, "t", segment_records, flush_records)
-        self.drops = 0
         self._cursor_saved_ms = None
 
     def load(self):
@@ -456,6 +511,19 @@ class Outbox:
         return self.alarm.flushes + self.tele.flushes
 
     @property
+    def drops(self):
+        """Records lost, both lanes (the heartbeat's ``outbox_drops``)."""
+        return self.alarm.drops + self.tele.drops
+
+    @property
+    def failing(self):
+        return self.alarm.failing or self.tele.failing
+
+    @property
+    def error(self):
+        return self.alarm.error if self.alarm.failing else self.tele.error
+
+    @property
     def torn(self):
         return self.alarm.torn + self.tele.torn
 
@@ -463,31 +531,38 @@ class Outbox:
         return self.alarm if is_alarm else self.tele
 
     def append(self, is_alarm, mv, n, now_ms):
+        """Keep a record; False if it had to be dropped (flash failing; counted
+        in the lane's drops). Never raises for flash errors."""
         lane = self.alarm if is_alarm else self.tele
-        lane.append(mv, n, now_ms)
+        if not lane.append(mv, n, now_ms, is_alarm):
+            return False
         if is_alarm:
-            lane.flush()
+            lane.flush(now_ms)
         while self.depth > self.max_records:
             victim = self.tele if self.tele.count else self.alarm
             if not victim.segs:
                 # everything is still in RAM: flush so there is a segment to drop
-                if not victim.flush():
+                if not victim.flush(now_ms):
                     break
-            self.drops += victim.evict_oldest()
+            victim.drops += victim.evict_oldest()
+        return True
+
+    def age_out(self, now_ms, limit_ms):
+        self.alarm.age_out(now_ms, limit_ms)
+        self.tele.age_out(now_ms, limit_ms)
 
     def poll(self, now_ms):
         """Flush due RAM tails and save moved cursors; True if flash was written."""
         wrote = False
         for lane in (self.alarm, self.tele):
-            if lane.flush_due(now_ms, self.flush_age_ms) and lane.flush():
+            if lane.flush_due(now_ms, self.flush_age_ms) and lane.flush(now_ms):
                 wrote = True
         if self._cursor_saved_ms is None:
             self._cursor_saved_ms = now_ms
         if ticks_diff(now_ms, self._cursor_saved_ms) >= self.cursor_save_ms:
             self._cursor_saved_ms = now_ms
             for lane in (self.alarm, self.tele):
-                if lane.dirty:
-                    lane.save_cursor()
+                if lane.dirty and lane.save_cursor():
                     wrote = True
         return wrote
 

@@ -1,0 +1,153 @@
+"""A full or failing flash: capture never stops, what cannot be kept is
+dropped and counted (telemetry before alarms), an online device keeps
+delivering from RAM, and a boot that cannot write its epoch waits in safe
+idle instead of reboot-looping."""
+
+import errno
+import re
+import time
+
+from firmware.app.factory import make_device
+from firmware.boards.sim import NoLink, SimBoard, SimClock
+from firmware.boards.tcplink import TcpLink
+from firmware.devtools import Collector, Track, provision
+from protocol.codec import decode
+from protocol.verify import DeviceKeys, verify
+
+FAST = {"min_period_s": 1, "gps_period_s": 1}
+
+
+def fail_flash(store):
+    """Every flash write from now on fails as a full littlefs does."""
+    saved = (store.append, store.write_atomic)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "no space")
+    store.append = full
+    store.write_atomic = full
+    return saved
+
+
+def make(tmp_path, link=None, trace=False, **prov):
+    key = provision(tmp_path / "flash", "rec-ff01", "recorder", **prov)
+    board = SimBoard(str(tmp_path / "flash"), clock=SimClock(unix_s=int(time.time())),
+                     link=link or NoLink())
+    board.trace = trace
+    dev = make_device(board, 0)
+    return key, board, dev
+
+
+def step(board, dev, ms, track, sleep=0.0):
+    board.clock.advance(ms)
+    if board.clock.ms % 1000 == 0:
+        track.step(1)
+        board.uart.feed(track.sentences(board.clock.time()))
+    dev.poll(board.clock.ms)
+    if sleep:
+        time.sleep(sleep)
+
+
+def test_offline_full_flash_keeps_capturing_drops_telemetry_keeps_alarms(tmp_path):
+    _, board, dev = make(tmp_path, params=FAST)
+    fed = []
+    board.watchdog.feed = lambda: fed.append(board.clock.ms)
+    fail_flash(board.store)
+    tr = Track()
+    for i in range(600):                          # 300 s, a fix every second
+        step(board, dev, 500, tr)
+        if i == 400:
+            board.inputs.set("sos", 1)
+    assert dev.errors == 0 and not board.rebooted
+    assert not [ln for ln in board.logs if ln.startswith("E sampler")]
+    # the watchdog kept being fed: no task stopped checking in
+    assert fed and max(b - a for a, b in zip(fed, fed[1:], strict=False)) <= 500
+    assert fed[-1] == board.clock.ms
+    ob = dev.outbox
+    assert ob.tele.drops > 0 and ob.alarm.drops == 0 and ob.drops == ob.tele.drops
+    assert ob.alarm.count == 1                    # the SOS waits in RAM, sendable
+    assert ob.tele.count + ob.tele.drops + ob.alarm.count == dev.records > 200  # all counted
+    errs = [ln for ln in board.logs if ln.startswith("E flash")]
+    assert len(errs) == 1 and "no space" in errs[0]   # once per burst, with its reason
+
+
+def test_online_failing_flash_delivers_from_ram_and_reports_its_drops(tmp_path, broker):
+    key, board, dev = make(tmp_path, link=TcpLink(), trace=True, port=broker.port,
+                           params=FAST,
+                           broker_extra={"backoff_min_ms": 100, "backoff_max_s": 1})
+    did = "rec-ff01"
+    col = Collector(broker.port, "ft/v1/%s/#" % did)
+    tr = Track()
+    try:
+        deadline = time.monotonic() + 20
+        while not dev.mqtt.connected:
+            assert time.monotonic() < deadline, board.logs
+            step(board, dev, 100, tr, 0.005)
+        fail_flash(board.store)
+        for _ in range(200):                       # 20 s online: acked from RAM
+            step(board, dev, 100, tr, 0.005)
+        deadline = time.monotonic() + 20
+        while dev.outbox.depth:
+            assert time.monotonic() < deadline, board.logs[-10:]
+            step(board, dev, 100, tr, 0.005)
+        assert dev.outbox.drops == 0
+        board.link.set_up(False)                   # a tunnel: the RAM tail fills up
+        for i in range(1200):
+            step(board, dev, 100, tr)
+            if i == 1000:
+                board.inputs.set("sos", 1)
+        assert dev.outbox.tele.drops > 0 and dev.outbox.alarm.drops == 0
+        board.link.set_up(True)
+        deadline = time.monotonic() + 20
+        while dev.outbox.depth or not dev.mqtt.connected:
+            assert time.monotonic() < deadline, board.logs[-10:]
+            step(board, dev, 100, tr, 0.005)
+        dev._hb_next = board.clock.ms              # a heartbeat now, with the count
+        deadline = time.monotonic() + 20
+        while dev.outbox.depth or not any(t.endswith("/hb") for t, _ in col.messages[-3:]):
+            assert time.monotonic() < deadline, board.logs[-10:]
+            step(board, dev, 100, tr, 0.005)
+        col.wait(lambda m: any(t.endswith("/hb") for t, _ in m[-3:]), 10)
+    finally:
+        col.close()
+    assert dev.errors == 0 and not board.rebooted
+    keys = {did: DeviceKeys({0: key})}
+    got = set()
+    for topic, payload in col.messages:
+        v = verify(topic, payload, keys.get, lambda d, lane: None, time.time())
+        assert v.ok, v
+        got.add((v.envelope.epoch, v.envelope.seq))
+    kept = []
+    dropped = []
+    for ln in board.logs:
+        m = re.match(r"T (rec|drop) (\d) (\d+) (\d+)", ln)
+        if m:
+            (kept if m.group(1) == "rec" else dropped).append((int(m.group(3)), int(m.group(4))))
+    assert set(kept) <= got                        # everything kept was delivered
+    assert not set(dropped) & got and len(dropped) == dev.outbox.drops > 0
+    assert any(t.endswith("/alarm") for t, _ in col.messages)
+    hb = decode([p for t, p in col.messages if t.endswith("/hb")][-1]).body
+    assert hb["outbox_drops"] == dev.outbox.drops
+
+
+def test_boot_with_failing_flash_waits_in_idle_and_starts_when_it_recovers(tmp_path):
+    provision(tmp_path / "flash", "rec-ff02", "recorder")
+    board = SimBoard(str(tmp_path / "flash"), clock=SimClock(), link=NoLink())
+    saved_write = board.store.write_atomic
+    fail_flash(board.store)
+    board.store.append = lambda *a, **k: None
+    dev = make_device(board, 0)
+    assert dev.idle_reason.startswith("state_error")
+    fed = []
+    board.watchdog.feed = lambda: fed.append(board.clock.ms)
+    for _ in range(600):                           # 10 minutes
+        board.clock.advance(1000)
+        dev.poll(board.clock.ms)
+    assert not board.rebooted and dev.idle_reason is not None
+    assert len(fed) == 600
+    board.store.write_atomic = saved_write         # space freed
+    for _ in range(61):
+        board.clock.advance(1000)
+        dev.poll(board.clock.ms)
+    assert dev.idle_reason is None and dev.counter.epoch >= 1
+    assert dev.outbox.tele.count >= 1              # its first heartbeat
+    assert any("leaving safe idle" in ln for ln in board.logs)
