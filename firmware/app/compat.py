@@ -6,18 +6,30 @@ except ImportError:  # CPython
     def const(x):
         return x
 
+# CPython only: 0 = plain integers that never wrap (the default). A test sets
+# it to 1 << 30 to get the arithmetic of MicroPython on a 32-bit port (ESP32):
+# ticks wrap every 2**30 ms and ticks_diff is valid within +-2**29 ms (6.2
+# days). sim.SimClock wraps its ticks_ms the same way. MicroPython ignores it.
+TICKS_PERIOD = 0
+
 try:
     from time import ticks_add, ticks_diff, ticks_ms  # noqa: F401
-except ImportError:  # CPython: plain integers, no wrap to care about
+except ImportError:  # CPython
     import time as _time
 
     def ticks_ms():
-        return int(_time.monotonic() * 1000)
+        t = int(_time.monotonic() * 1000)
+        return t & (TICKS_PERIOD - 1) if TICKS_PERIOD else t
 
     def ticks_add(t, delta):
+        if TICKS_PERIOD:
+            return (t + delta) & (TICKS_PERIOD - 1)
         return t + delta
 
     def ticks_diff(a, b):
+        if TICKS_PERIOD:
+            half = TICKS_PERIOD >> 1
+            return ((a - b + half) & (TICKS_PERIOD - 1)) - half
         return a - b
 
 try:

@@ -57,6 +57,10 @@ TASKS = ("gnss", "inputs", "sampler", "net", "store")
 FIX_FRESH_MS = 3000         # a fix older than this is not sampled
 ALARM_FIX_MAX_AGE_S = 600   # an alarm carries the last fix up to this old
 IDLE_RETRY_MS = 60000
+# Ticks wrap: on a 32-bit port ticks_diff is valid within +-2**29 ms (6.2
+# days). Once a second every stamp of the past is kept at most this old
+# (twice the longest period), so none can age into the wrap.
+STALE_MS = 2 * 86400 * 1000
 _UART_CHUNK = 256
 _ACK_QUEUE = 4              # acks waiting for the link; oldest dropped, counted
 
@@ -135,7 +139,8 @@ class Device:
         self.acks_dropped = 0
         self._flash_logged = False
         self.reset_cause = b.reset_cause()
-        self.boot_ms = now_ms
+        self.uptime_s = 0                    # accumulated: ticks wrap, seconds do not
+        self._up_ms = now_ms
         self._fix_seen = 0
         self._nmea_logged = (0, 0, 0)
         self._fix_ms = None
@@ -257,9 +262,24 @@ class Device:
             return -1
         return ticks_diff(now_ms, self._fix_ms) // 1000
 
+    def _age_out(self, now_ms):
+        """Once a second: uptime, and no stored tick stamp older than STALE_MS."""
+        up = ticks_diff(now_ms, self._up_ms)
+        if up >= 1000:
+            up //= 1000
+            self.uptime_s += up
+            self._up_ms = ticks_add(self._up_ms, up * 1000)
+        if self._fix_ms is not None and ticks_diff(now_ms, self._fix_ms) > STALE_MS:
+            self._fix_ms = ticks_add(now_ms, -STALE_MS)
+        if ticks_diff(now_ms, self._net_next) > STALE_MS:
+            self._net_next = ticks_add(now_ms, -STALE_MS)
+        self.sampler.age_out(now_ms, STALE_MS)
+        self.outbox.age_out(now_ms, STALE_MS)
+
     def _sample(self, now_ms):
         if ticks_diff(now_ms, self._sample_next) >= 0:
             self._sample_next = ticks_add(now_ms, 1000)
+            self._age_out(now_ms)
             p = self.nmea
             fresh = (p.has_fix and self._fix_ms is not None
                      and ticks_diff(now_ms, self._fix_ms) <= FIX_FRESH_MS)
@@ -343,7 +363,7 @@ class Device:
         hb["outbox_drops"] = self.outbox.drops
         hb["free_heap"] = mem_free()
         hb["reset_cause"] = self.reset_cause
-        hb["uptime_s"] = ticks_diff(now_ms, self.boot_ms) // 1000
+        hb["uptime_s"] = self.uptime_s
         hb["hb_interval_s"] = self.params["hb_interval_s"]
         self.hb_fields(hb)
         n = self._header(KIND_HB, now_ms)

@@ -97,6 +97,8 @@ class MqttClient:
         self._will_topic = will_topic
         self._will_payload = will_payload
         self._deadline = ticks_add(now_ms, self.io_timeout_ms)
+        self._last_tx = now_ms          # stamps of a session long gone may have wrapped
+        self._last_rx = now_ms
         self.close_reason = ""
 
     def close(self, reason):

@@ -18,7 +18,7 @@ distance. A value of 0 switches the distance or heading rule off.
 
 import math
 
-from firmware.app.compat import ticks_diff
+from firmware.app.compat import ticks_add, ticks_diff
 
 _M_PER_E7 = 0.0111319491  # metres per 1e-7 degree of latitude
 
@@ -80,6 +80,13 @@ class Sampler:
                 and heading_change_cdeg(course_cdeg, self.last_course) >= turn):
             return True
         return False
+
+    def age_out(self, now_ms, limit_ms):
+        """Ticks wrap (ticks_diff is valid within 6.2 days on a 32-bit port):
+        a last record older than ``limit_ms`` (longer than any period) is
+        kept at exactly that age, so a week without a fix still reads as due."""
+        if self.last_ms is not None and ticks_diff(now_ms, self.last_ms) > limit_ms:
+            self.last_ms = ticks_add(now_ms, -limit_ms)
 
     def taken(self, now_ms, lat_e7, lon_e7, course_cdeg):
         self.last_ms = now_ms

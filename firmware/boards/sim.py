@@ -12,6 +12,7 @@ Small on purpose; the fleet simulator builds on the same parts. Example::
 given; ``NoLink`` stands for a device that never gets a network.
 """
 
+from firmware.app import compat
 from firmware.app.store import FlashStore
 from firmware.boards.base import Battery, Inputs, NullWatchdog
 from firmware.boards.tcplink import TcpLink
@@ -25,7 +26,10 @@ class SimClock:
         self._offset = 0
 
     def ticks_ms(self):
-        return self.ms
+        """``ms`` as a board's tick: wraps like an ESP32 when a test sets
+        ``compat.TICKS_PERIOD`` (``ms`` itself keeps counting)."""
+        p = compat.TICKS_PERIOD
+        return self.ms & (p - 1) if p else self.ms
 
     def advance(self, ms):
         self.ms += ms
