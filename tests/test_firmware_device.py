@@ -267,3 +267,99 @@ def test_reconnect_backs_off_exponentially_with_jitter_up_to_the_cap(tmp_path):
     assert gaps[0] < 2000 and gaps[4] > 6000               # grows...
     assert max(gaps) <= 30000 * 1.5 + 100                    # ...up to the cap
     assert len(set(gaps[-3:])) > 1                           # jitter: not lockstep
+
+
+def test_power_off_alarm_reaches_the_broker_before_the_device_stops(tmp_path, broker):
+    board, dev = make(tmp_path, "wristband", link=TcpLink(), port=broker.port)
+    board.clock = SimClock(unix_s=int(time.time()))
+    col = Collector(broker.port, "ft/v1/wb-d001/#")
+    at_off = []
+    board.power_off = lambda: at_off.append((board.clock.ms, dev.outbox.alarm.count,
+                                             len(dev.mqtt.inflight)))
+    try:
+        deadline = time.monotonic() + 20
+        while not dev.mqtt.connected or dev.outbox.depth:
+            assert time.monotonic() < deadline, board.logs
+            board.clock.advance(50)
+            dev.poll(board.clock.ms)
+            time.sleep(0.005)
+        board.inputs.set("power_off", 1)
+        pressed = board.clock.ms
+        while not at_off:
+            assert board.clock.ms - pressed <= 6000, board.logs
+            board.clock.advance(50)
+            dev.poll(board.clock.ms)
+            time.sleep(0.01)
+        alarms = col.wait(lambda m: [p for t, p in m if t.endswith("/alarm")], 10)
+    finally:
+        col.close()
+    off_ms, alarms_left, inflight = at_off[0]
+    # the broker acknowledged the alarm (PUBACK) before the device stopped
+    assert alarms_left == 0 and inflight == 0
+    assert off_ms - pressed < 5000
+    assert decode(alarms[0]).body["alarm"] == "power_off"
+    assert not dev.mqtt.connected                 # then the polite DISCONNECT
+
+
+class SilentBrokerLink:
+    """Up; the broker accepts the session (CONNACK) and then never acks anything."""
+
+    signal = -70
+
+    def up(self):
+        return True
+
+    def signal_dbm(self):
+        return self.signal
+
+    def open(self, host, port, tls, timeout_ms):
+        return ScriptedTransport(hangup=False)
+
+
+class ScriptedTransport:
+    """In memory: CONNACK at once, then silence or (``hangup``) a closed socket."""
+
+    def __init__(self, hangup):
+        self.inq = bytearray(b"\x20\x02\x00\x00")
+        self.hangup = hangup
+        self.sent = bytearray()
+
+    def ready(self):
+        return True
+
+    def write(self, mv):
+        self.sent += mv
+        return len(mv)
+
+    def readinto(self, mv):
+        if self.inq:
+            n = min(len(mv), len(self.inq))
+            mv[:n] = self.inq[:n]
+            del self.inq[:n]
+            return n
+        if self.hangup:
+            raise OSError(104, "connection reset by peer")
+        return 0
+
+    def close(self):
+        pass
+
+
+def test_power_off_waits_a_bounded_time_for_acks_feeding_the_watchdog(tmp_path):
+    from firmware.app.device import POWER_OFF_GRACE_MS
+
+    board, dev = make(tmp_path, link=SilentBrokerLink())
+    run(board, dev, 1, step_ms=100)
+    assert dev.mqtt.connected
+    fed = []
+    board.watchdog.feed = lambda: fed.append(board.clock.ms)
+    board.inputs.set("power_off", 1)
+    pressed = board.clock.ms
+    while not board.powered_off:
+        assert board.clock.ms - pressed <= POWER_OFF_GRACE_MS + 500
+        board.clock.advance(100)
+        dev.poll(board.clock.ms)
+    assert board.clock.ms - pressed >= POWER_OFF_GRACE_MS
+    assert len(fed) >= POWER_OFF_GRACE_MS // 100 - 1       # fed all along
+    assert dev.outbox.alarm.count == 1                      # unacked: kept on flash
+    assert any("I shutdown: power off" in ln for ln in board.logs)

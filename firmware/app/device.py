@@ -61,6 +61,7 @@ IDLE_RETRY_MS = 60000
 # days). Once a second every stamp of the past is kept at most this old
 # (twice the longest period), so none can age into the wrap.
 STALE_MS = 2 * 86400 * 1000
+POWER_OFF_GRACE_MS = 5000   # power off while connected: time for the alarm to be acked
 _UART_CHUNK = 256
 _ACK_QUEUE = 4              # acks waiting for the link; oldest dropped, counted
 
@@ -75,6 +76,7 @@ class Device:
         self._idle_state = False     # idle because the flash refused the epoch
         self._idle_next = now_ms
         self.reboot_at = None
+        self.power_off_at = None
         try:
             self.cfg = load_config(board.store)
             self.key_id, self.key = load_signing_key(board.store, self.cfg.key_id)
@@ -178,10 +180,14 @@ class Device:
         pct = self.board.battery.percent()
         if pct <= 100 and self._low_batt.fired(pct, self.params["low_battery_pct"]):
             self.raise_alarm("low_battery", pct, now_ms)
-        if self._power.changed(self.board.inputs.get("power_off")) and self._power.value:
+        if (self._power.changed(self.board.inputs.get("power_off")) and self._power.value
+                and self.power_off_at is None):
             self.raise_alarm("power_off", 0, now_ms)
-            self.shutdown("power off")
-            self.board.power_off()
+            # connected: the alarm and what is in flight get POWER_OFF_GRACE_MS
+            # to be acked before the DISCONNECT (poll powers off; tasks keep
+            # running and feeding the watchdog meanwhile)
+            self.power_off_at = ticks_add(now_ms, POWER_OFF_GRACE_MS if self.mqtt.connected
+                                          else 0)
 
     # ---- the step ----
 
@@ -199,6 +205,13 @@ class Device:
             self.reboot_at = None
             self.shutdown("reboot command")
             self.board.reboot()
+        if self.power_off_at is not None and (
+                ticks_diff(now_ms, self.power_off_at) >= 0 or not self.mqtt.connected
+                or not (self.outbox.alarm.count or self.mqtt.inflight)):
+            self.power_off_at = None
+            self.shutdown("power off")
+            self.board.power_off()
+            return 1000
         if self.mqtt.connected and (self.outbox.alarm.pending_send()
                                     or self.outbox.tele.pending_send()):
             if self.mqtt.can_publish(60):
