@@ -28,6 +28,7 @@ exercise it end to end.
 
 from __future__ import annotations
 
+import ssl
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -75,6 +76,8 @@ def split_publishes(buf: bytes, pos: int, limit: int) -> tuple[list[Publish], in
         if stop > end or length < 2:
             break
         tlen = (buf[i] << 8) | buf[i + 1]
+        if tlen == 0:           # malformed in MQTT 3.1.1: paho reports it
+            break
         body = i + 2 + tlen
         if qos:
             if body + 2 > stop:
@@ -94,6 +97,7 @@ class BufferedSocket:
 
     def __init__(self, sock: Any) -> None:
         self._sock = sock
+        self._tls = isinstance(sock, ssl.SSLSocket)
         self._buf = b""
         self._pos = 0
 
@@ -103,10 +107,29 @@ class BufferedSocket:
             self._pos += len(out)
             return out
         data: bytes = self._sock.recv(max(n, READ_SIZE))
+        if self._tls and data:
+            data = self._more_tls_records(data)
         if len(data) <= n:
             return data
         self._buf, self._pos = data, n
         return data[:n]
+
+    def _more_tls_records(self, first: bytes) -> bytes:
+        """A TLS socket returns one record per ``recv``, and mosquitto writes one
+        record per packet: keep reading while records are already there, so that
+        a whole run of packets is in the buffer for ``split_publishes``."""
+        parts = [first]
+        size = len(first)
+        while size < READ_SIZE:
+            try:
+                more = self._sock.recv(READ_SIZE - size)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                break
+            if not more:
+                break           # closed: the next recv reports it to paho
+            parts.append(more)
+            size += len(more)
+        return b"".join(parts)
 
     def pending(self) -> int:
         inner = self._sock.pending() if hasattr(self._sock, "pending") else 0
@@ -123,14 +146,15 @@ class FastClient(mqtt.Client):
     def _create_socket(self) -> Any:
         return BufferedSocket(super()._create_socket())
 
-    def _read_buffered_publishes(self) -> None:
+    def _read_buffered_publishes(self, limit: int) -> int:
+        """Hand over up to ``limit`` whole PUBLISH packets from the buffer; their count."""
         sock = self._sock
         on_batch = self.on_message_batch
         if on_batch is None or not isinstance(sock, BufferedSocket):
-            return
+            return 0
         if self._in_packet["command"] != 0:      # paho is inside a packet
-            return
-        batch, sock._pos = split_publishes(sock._buf, sock._pos, MAX_PACKETS_PER_READ)
+            return 0
+        batch, sock._pos = split_publishes(sock._buf, sock._pos, limit)
         if batch:
             with self._msgtime_mutex:
                 self._last_bytes_received = mqtt.time_func()
@@ -142,9 +166,13 @@ class FastClient(mqtt.Client):
                                    err)
                     if not self.suppress_exceptions:
                         raise
+        return len(batch)
 
     def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
-        for _ in range(MAX_PACKETS_PER_READ):
+        """Read up to MAX_PACKETS_PER_READ packets, then let the loop write
+        (PUBACKs, PINGREQ) again, however fast packets keep coming."""
+        budget = MAX_PACKETS_PER_READ
+        while budget > 0:
             if self._sock is None:
                 return mqtt.MQTTErrorCode.MQTT_ERR_NO_CONN
             rc = self._packet_read()
@@ -152,7 +180,7 @@ class FastClient(mqtt.Client):
                 return self._loop_rc_handle(rc)
             if rc == mqtt.MQTTErrorCode.MQTT_ERR_AGAIN:
                 break
-            self._read_buffered_publishes()
+            budget -= 1 + self._read_buffered_publishes(budget - 1)
             pending = getattr(self._sock, "pending", None)
             if pending is not None and not pending():
                 break

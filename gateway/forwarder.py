@@ -35,7 +35,8 @@ def upstream_topic(gateway_id: str, lane: int) -> str:
 
 
 def backoff_delays(initial: float, maximum: float, rng: random.Random) -> Any:
-    """Exponential backoff with full jitter: uniform(0, min(max, initial * 2**n))."""
+    """Exponential backoff with jitter: uniform(initial / 2, min(max, initial * 2**n)),
+    never quicker than half the initial delay."""
     cap = initial
     while True:
         yield rng.uniform(initial / 2, cap)

@@ -28,6 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.config import BrokerConfig, LocalConfig
 from gateway.fastpaho import FastClient, Publish
+from gateway.pipeline import truncated
 
 log = logging.getLogger("gateway.ingest")
 
@@ -177,7 +178,7 @@ class LocalConnection:
         if len(payload) > OVERSIZE_KEEP:
             # refused as too_large anyway: keep only a sample, so that a flood of
             # huge messages cannot fill memory through the bounded (by count) feed
-            payload = payload[:OVERSIZE_KEEP]
+            payload = truncated(payload, OVERSIZE_KEEP)
         item: Item = (msg._topic if msg._topic else b"", payload, msg.mid, msg.qos,
                       time.time(), self, self.generation)
         self.out.put(item)
@@ -188,7 +189,7 @@ class LocalConnection:
         t = time.time()
         gen = self.generation
         self.out.put_many([(topic, payload if len(payload) <= OVERSIZE_KEEP
-                            else payload[:OVERSIZE_KEEP], mid, qos, t, self, gen)
+                            else truncated(payload, OVERSIZE_KEEP), mid, qos, t, self, gen)
                            for topic, payload, mid, qos in batch])
 
     def ack_many(self, mids: list[int], generation: int) -> None:

@@ -68,6 +68,18 @@ class Rejected:
         return self.reason not in (DUPLICATE, DOWNLINK)
 
 
+class Truncated(bytes):
+    """The kept start of a payload too large to keep whole; remembers its size."""
+
+    original_size: int = 0
+
+
+def truncated(payload: bytes | bytearray, keep: int) -> Truncated:
+    t = Truncated(payload[:keep])
+    t.original_size = len(payload)
+    return t
+
+
 def protocol_limits(limits: Limits) -> ProtocolLimits:
     return ProtocolLimits(limits.max_payload, limits.max_future_s, limits.max_past_s)
 
@@ -104,7 +116,8 @@ def decide(topic: str | bytes, payload: bytes | bytearray, lookup: Lookup, windo
            gateway_id: str) -> Accepted | Rejected:
     """Verify one message received at ``now`` (unix seconds)."""
     if len(payload) > limits.max_payload:
-        return Rejected(PAYLOAD_TOO_LARGE, "%d bytes" % len(payload), None, _topic_text(topic),
+        size = payload.original_size if isinstance(payload, Truncated) else len(payload)
+        return Rejected(PAYLOAD_TOO_LARGE, "%d bytes" % size, None, _topic_text(topic),
                         bytes(payload[:SAMPLE_BYTES]))
     if len(topic) > limits.max_topic:
         return Rejected(TOPIC_INVALID, "topic of %d bytes" % len(topic), None,

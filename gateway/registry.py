@@ -3,8 +3,9 @@
 TinyDB rewrites its whole file on every write, so a crash mid-write would
 leave a torn file; ``AtomicJSONStorage`` writes a temporary file, fsyncs it
 and renames it over the old one, so a reader sees either the old or the new
-registry. Writers (the CLI) hold an exclusive ``flock`` on ``<path>.lock``;
-the gateway only reads and reloads when the file changes.
+registry. Writers hold an exclusive ``flock`` on ``<path>.lock``: the CLI,
+and the gateway when it confirms a key rotation; otherwise the gateway only
+reads, and reloads when the file changes.
 
 Record: ``{"device_id", "kind": "recorder|wristband", "current_key_id",
 "keys": {"<kid>": {"key": hex, "valid_until": float|None}}, "revoked",

@@ -169,6 +169,8 @@ def test_bad_input_corpus_rejected_by_reason_while_legit_traffic_flows(site: Sit
     from gateway.store import Reader
     q = Reader(site.cfg.store_path).quarantine(100)
     assert {row[1] for row in q} == {r for _, _, r in corpus}
+    too_large = [row for row in q if row[1] == "too_large"]
+    assert "%d bytes" % (1 << 20) in str(too_large[0]), too_large   # its real size
 
 
 def test_command_is_signed_delivered_and_its_ack_reported_and_forwarded(site: Site) -> None:

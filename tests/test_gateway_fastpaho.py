@@ -3,17 +3,20 @@ the read buffer by a pure function; paho reads everything else."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.fastpaho import FastClient, Publish, split_publishes
-from simulators.mosquitto import Mosquitto
+from gateway.pki import Pki
+from simulators.mosquitto import Mosquitto, free_port
 
 
 def remaining_length(n: int) -> bytes:
@@ -31,7 +34,7 @@ def publish_packet(topic: bytes, payload: bytes, mid: int, qos: int) -> bytes:
     return bytes([0x30 | qos << 1]) + remaining_length(len(var) + len(payload)) + var + payload
 
 
-publishes = st.lists(st.tuples(st.binary(max_size=40), st.binary(max_size=300),
+publishes = st.lists(st.tuples(st.binary(min_size=1, max_size=40), st.binary(max_size=300),
                                st.integers(1, 65535), st.sampled_from([0, 1])),
                      max_size=30)
 
@@ -78,7 +81,8 @@ def test_malformed_packets_are_left_to_paho_to_report() -> None:
     too_long_length = b"\x32\xff\xff\xff\xff\x7f" + b"\x00" * 10
     topic_past_end = b"\x32\x04\x00\x09ab"          # topic length 9 in a 4-byte packet
     no_packet_id = b"\x32\x03\x00\x01a"             # QoS 1 without its message id
-    for bad in (too_long_length, topic_past_end, no_packet_id):
+    empty_topic = b"\x32\x04\x00\x00\x00\x01"      # a topic is at least one character
+    for bad in (too_long_length, topic_past_end, no_packet_id, empty_topic):
         assert split_publishes(bad, 0, 100) == ([], 0)
 
 
@@ -99,14 +103,36 @@ def test_any_bytes_split_without_raising_and_consume_only_whole_packets(buf: byt
     assert sum(len(publish_packet(*p)) for p in out) == pos - start
 
 
-def test_fast_client_receives_every_message_of_a_real_broker_in_order(tmp_path: Path) -> None:
+def start_broker(tmp_path: Path, tls: bool) -> tuple[Mosquitto, str | None]:
+    """A mosquitto, plaintext or with a server certificate (then: the CA's path)."""
+    if not tls:
+        return Mosquitto(tmp_path / "b").start(), None
+    pki = Pki(tmp_path / "pki")
+    pki.init()
+    port = free_port()
+    conf = "\n".join([
+        "user root" if os.geteuid() == 0 else "",
+        "listener %d 127.0.0.1" % port,
+        "cafile %s" % pki.ca_cert_path,
+        "certfile %s" % (pki.dir / "broker.crt"),
+        "keyfile %s" % (pki.dir / "broker.key"),
+        "allow_anonymous true",
+        "max_inflight_messages 100",
+        "max_queued_messages 100000",
+    ]) + "\n"
+    return Mosquitto(tmp_path / "b", port=port, config=conf).start(), str(pki.ca_cert_path)
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plaintext", "tls"])
+def test_fast_client_receives_every_message_of_a_real_broker_in_order(tmp_path: Path,
+                                                                      tls: bool) -> None:
     """Small and large (paho's path) messages, QoS 0 and 1, all arrive once, in
-    order per QoS, and acknowledged ones are not redelivered on the next session."""
-    broker = Mosquitto(tmp_path / "b").start()
+    order per QoS, and acknowledged ones are not redelivered on the next session.
+    Over TLS too, where the socket hands out one TLS record (one packet) per read."""
+    broker, ca = start_broker(tmp_path, tls)
     got: list[Publish] = []
     done = threading.Event()
     total = 3003
-
     via_batch = [0]
 
     def on_batch(batch: list[Publish]) -> None:
@@ -126,6 +152,8 @@ def test_fast_client_receives_every_message_of_a_real_broker_in_order(tmp_path: 
     def client() -> FastClient:
         cl = FastClient(CallbackAPIVersion.VERSION2, client_id="fast-reader",
                         clean_session=False, protocol=mqtt.MQTTv311, manual_ack=True)
+        if ca:
+            cl.tls_set(ca_certs=ca)
         cl.on_message = on_message
         cl.on_message_batch = on_batch
         cl.connect("127.0.0.1", broker.port)
@@ -137,6 +165,9 @@ def test_fast_client_receives_every_message_of_a_real_broker_in_order(tmp_path: 
         c = client()
         time.sleep(0.3)
         pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="fast-writer")
+        if ca:
+            pub.tls_set(ca_certs=ca)
+        pub.max_inflight_messages_set(500)
         pub.connect("127.0.0.1", broker.port)
         pub.loop_start()
         sent = []
@@ -146,7 +177,7 @@ def test_fast_client_receives_every_message_of_a_real_broker_in_order(tmp_path: 
             qos = 0 if i % 50 == 49 else 1
             sent.append((b"fast/%d" % (i % 7), payload, qos))
             pub.publish("fast/%d" % (i % 7), payload, qos)
-        assert done.wait(30), "received %d of %d" % (len(got), total)
+        assert done.wait(60), "received %d of %d" % (len(got), total)
         received = [(t, p, q) for t, p, _m, q in got]
         for qos in (0, 1):       # the broker keeps order per QoS; QoS 0 may overtake
             assert [m for m in received if m[2] == qos] == [m for m in sent if m[2] == qos]
@@ -164,3 +195,39 @@ def test_fast_client_receives_every_message_of_a_real_broker_in_order(tmp_path: 
         c.loop_stop()
     finally:
         broker.stop()
+
+
+def test_one_loop_read_takes_a_bounded_number_of_packets_so_acks_and_pings_get_written() -> None:
+    """A flood of small packets must not keep the loop thread reading forever."""
+    import socket
+
+    from gateway.fastpaho import MAX_PACKETS_PER_READ, BufferedSocket
+
+    ours, theirs = socket.socketpair()
+    try:
+        packet = publish_packet(b"ft/v1/rec001/gps", b"x" * 40, 0, 0)
+        flood = 3 * MAX_PACKETS_PER_READ
+        writer = threading.Thread(target=theirs.sendall, args=(packet * flood,), daemon=True)
+        writer.start()
+        ours.setblocking(False)
+        c = FastClient(CallbackAPIVersion.VERSION2, client_id="budget", protocol=mqtt.MQTTv311)
+        seen: list[int] = []
+        c.on_message_batch = lambda batch: seen.append(len(batch))
+        c.on_message = lambda client, userdata, msg: seen.append(1)   # paho's path
+        c._sock = BufferedSocket(ours)
+        reads = []
+        deadline = time.monotonic() + 10
+        while sum(seen) < flood and time.monotonic() < deadline:
+            before = sum(seen)
+            c.loop_read()
+            if sum(seen) > before:
+                reads.append(sum(seen) - before)
+            else:
+                time.sleep(0.001)
+        assert sum(seen) == flood
+        assert max(reads) <= MAX_PACKETS_PER_READ
+        assert len(reads) >= 3
+        writer.join(5)
+    finally:
+        ours.close()
+        theirs.close()

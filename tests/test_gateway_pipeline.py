@@ -192,3 +192,16 @@ def test_verify_cost_is_small() -> None:
         w.decide(*m)
     per = (time.perf_counter() - t0) / len(msgs)
     assert per < 500e-6
+
+
+def test_upstream_backoff_grows_to_its_cap_with_jitter() -> None:
+    import random
+
+    from gateway.forwarder import backoff_delays
+
+    delays = backoff_delays(0.5, 8.0, random.Random(7))
+    first = [next(delays) for _ in range(200)]
+    caps = [min(8.0, 0.5 * 2 ** n) for n in range(200)]
+    assert all(0.25 <= d <= cap for d, cap in zip(first, caps, strict=True))
+    assert len({round(d, 6) for d in first[10:]}) > 150      # jittered, not a fixed ladder
+    assert max(first[10:]) > 6.0                             # it reaches towards the cap
