@@ -274,6 +274,38 @@ def test_cli_devices_provision_and_status(site: Site, tmp_path: Path,
     assert "metrics.port: must be an integer" in capsys.readouterr().err
 
 
+def test_status_reports_depth_oldest_age_rates_rejections_and_device_states(
+        tmp_path: Path) -> None:
+    from gateway.cli import status_figures
+
+    s = Site(tmp_path)
+    try:
+        s.up.stop()                                   # upstream down: records stay queued
+        dev = s.device("rec001")
+        with RunningGateway(s.cfg) as gw:
+            pub = s.publisher()
+            pub.publish_all([dev.gps() for _ in range(20)] + [dev.alarm("sos")])
+            t, p = dev.gps()
+            pub.publish(t, p[:-1] + bytes([p[-1] ^ 1]))      # forged tag
+            assert wait_until(lambda: gw.snapshot.get("accepted", 0) == 21, 10), gw.snapshot
+            time.sleep(0.3)
+            stream = threading.Thread(target=lambda: [
+                (pub.publish(*dev.gps()), time.sleep(0.01)) for _ in range(150)])
+            stream.start()
+            f = status_figures(s.cfg, 1.0)
+            stream.join()
+        assert f["rates_per_s"]["accepted"] > 20           # ~100/s during the interval
+        assert f["rates_per_s"]["forwarded"] == 0.0
+        tele, alarm = f["lanes"]["telemetry"], f["lanes"]["alarm"]
+        assert tele["depth"] >= 20 and tele["oldest_age_s"] >= 0.3
+        assert alarm["depth"] == 1 and alarm["oldest_age_s"] >= 0.3
+        assert f["rejected"] == {"bad_signature": 1}
+        assert f["devices"]["online"] == 1
+        assert f["device_states"]["rec001"]["state"] == "online"
+    finally:
+        s.close()
+
+
 def test_rotate_key_over_the_air_new_and_old_key_both_accepted(site: Site) -> None:
     from protocol.mac import Mac
 
