@@ -235,3 +235,27 @@ def test_pub_records_survive_graceful_restart_and_windows_persist(tmp_path: Path
         assert len(device_ids(site.collector.snapshot())) == 20
     finally:
         site.close()
+
+
+def test_the_gateway_process_logs_one_json_object_per_line_and_stops_cleanly_on_sigterm(
+        tmp_path: Path) -> None:
+    site = Site(tmp_path)
+    try:
+        dev = site.device("rec001")
+        gw = GatewayProcess(site.cfg_path).start()
+        assert gw.wait_subscribed()
+        pub = site.publisher()
+        t, p = dev.gps()
+        pub.publish_all([(t, p), (t, p[:-1] + bytes([p[-1] ^ 1]))])
+        assert pub.wait(10)
+        assert site.collector.wait_for(lambda r: len(device_ids(r)) == 1, 10)
+        assert gw.stop() == 0                            # SIGTERM: a clean exit
+        lines = [json.loads(line) for line in gw.log.read_text().splitlines() if line]
+    finally:
+        site.close()
+    assert all({"ts", "level", "logger", "msg"} <= set(rec) for rec in lines)
+    msgs = [rec["msg"] for rec in lines]
+    assert msgs[0] == "gateway started" and msgs[-1] == "gateway stopped", msgs
+    rejected = [rec for rec in lines if rec["msg"] == "rejected"]
+    assert rejected and rejected[0]["reason"] == "bad_signature"
+    assert rejected[0]["device"] == "rec001"
