@@ -363,3 +363,57 @@ def test_power_off_waits_a_bounded_time_for_acks_feeding_the_watchdog(tmp_path):
     assert len(fed) >= POWER_OFF_GRACE_MS // 100 - 1       # fed all along
     assert dev.outbox.alarm.count == 1                      # unacked: kept on flash
     assert any("I shutdown: power off" in ln for ln in board.logs)
+
+
+def reboot(tmp_path, board, dev, kind="wristband", **inputs):
+    """Shut down and boot again on the same flash with these inputs."""
+    dev.shutdown("test reboot")
+    b2 = SimBoard(str(tmp_path / "flash"), clock=SimClock(unix_s=NOW), link=NoLink())
+    for k, v in inputs.items():
+        b2.inputs.set(k, v)
+    d2 = make_device(b2, 0)
+    return b2, d2
+
+
+def test_active_alarm_and_fast_reporting_survive_a_reboot(tmp_path):
+    board, dev = make(tmp_path, "wristband", params={"gps_period_s": 600})
+    tr = Track(speed_ms=0)
+    run(board, dev, 3, tr)
+    board.inputs.set("strap", 1)
+    run(board, dev, 2, tr)
+    assert dev.alarm_active
+    board, dev = reboot(tmp_path, board, dev, strap=1)
+    assert dev.alarm_active
+    run(board, dev, 50, tr)
+    assert [a.body["alarm"] for a in kinds(dev, "alarm")] == ["strap_cut"]   # not twice
+    since_boot = [r for r in kinds(dev, "gps") if r.epoch == dev.counter.epoch]
+    assert len(since_boot) >= 4                                 # still every 15 s
+    dev.raise_alarm("alarm_cleared", 0, board.clock.ms, active=False)   # clear_alarm
+    board, dev = reboot(tmp_path, board, dev, strap=1)
+    run(board, dev, 2, tr)
+    assert not dev.alarm_active and len(kinds(dev, "alarm")) == 2   # nothing new raised
+
+
+def test_strap_cut_while_the_device_was_off_alarms_at_boot(tmp_path):
+    board, dev = make(tmp_path, "wristband")
+    run(board, dev, 2)
+    board, dev = reboot(tmp_path, board, dev, strap=1)     # cut while off
+    run(board, dev, 1)
+    assert [a.body["alarm"] for a in kinds(dev, "alarm")] == ["strap_cut"]
+    assert dev.alarm_active
+    board, dev = reboot(tmp_path, board, dev, strap=0)     # closed again while off
+    dev.raise_alarm("alarm_cleared", 0, board.clock.ms, active=False)
+    run(board, dev, 1)
+    board, dev = reboot(tmp_path, board, dev, strap=2)     # tampered while off
+    run(board, dev, 1)
+    assert [a.body["alarm"] for a in kinds(dev, "alarm")][-1] == "tamper"
+
+
+def test_recorder_sos_stays_active_after_a_reboot(tmp_path):
+    board, dev = make(tmp_path)
+    dev.poll(0)
+    board.inputs.set("sos", 1)
+    run(board, dev, 1)
+    board, dev = reboot(tmp_path, board, dev, "recorder", sos=1)
+    run(board, dev, 1)
+    assert dev.alarm_active and len(kinds(dev, "alarm")) == 1

@@ -5,7 +5,7 @@ import struct
 
 import pytest
 
-from firmware.app.state import CommandWindow, RecordCounter, StateError
+from firmware.app.state import AlarmState, CommandWindow, RecordCounter, StateError
 from firmware.app.store import FlashStore
 from protocol.replay import ReplayWindow
 
@@ -65,3 +65,19 @@ def test_command_window_survives_reboot(tmp_path):
 def test_corrupt_command_window_is_empty_not_a_crash(tmp_path):
     (tmp_path / "cmdwin").write_bytes(os.urandom(28))
     assert CommandWindow(FlashStore(str(tmp_path))).window == ReplayWindow()
+
+
+def test_alarm_state_round_trips_and_a_corrupt_file_reads_as_none(tmp_path):
+    store = FlashStore(str(tmp_path))
+    st = AlarmState(store)
+    assert (st.active, st.strap) == (False, 0)
+    st.save(True, 1)
+    again = AlarmState(store)
+    assert (again.active, again.strap) == (True, 1)
+    writes = store.writes
+    again.save(True, 1)                        # unchanged: no flash write
+    assert store.writes == writes
+    raw = bytearray(store.read("alarm"))
+    raw[0] ^= 1
+    store.write_atomic("alarm", bytes(raw))
+    assert (AlarmState(store).active, AlarmState(store).strap) == (False, 0)

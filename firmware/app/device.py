@@ -50,7 +50,7 @@ from firmware.app.mqtt import IDLE, MqttClient
 from firmware.app.nmea import NmeaParser
 from firmware.app.outbox import Outbox
 from firmware.app.sampler import Sampler
-from firmware.app.state import CommandWindow, RecordCounter, StateError
+from firmware.app.state import AlarmState, CommandWindow, RecordCounter, StateError
 from firmware.app.watchdog import TaskMonitor
 
 TASKS = ("gnss", "inputs", "sampler", "net", "store")
@@ -154,7 +154,8 @@ class Device:
         self._backoff_ms = 0
         self._fails = 0
         self._tls_reconnect = False
-        self.alarm_active = False
+        self.alarm_state = AlarmState(b.store)
+        self.alarm_active = self.alarm_state.active     # fast reporting survives a reboot
         self.records = 0
         self.errors = 0
         self.trace = getattr(b, "trace", False)
@@ -397,6 +398,17 @@ class Device:
             n = codec.pack_no_position(self._env, n)
         self._queue(KIND_ALARM, n, True, now_ms)
         self.log("I alarm %s %d" % (name, value))
+        if active is not None:
+            self.save_alarm_state(self.alarm_state.strap)
+
+    def save_alarm_state(self, strap):
+        """Persist the active flag and the strap state last reported (after
+        the alarm record is queued: a crash in between repeats an alarm
+        rather than losing it)."""
+        try:
+            self.alarm_state.save(self.alarm_active, strap)
+        except OSError as e:
+            self.log("E alarm state not saved: %s" % e)
 
     def _signed_now(self, kind, now_ms, body):
         """A record that is published live, not kept on flash (status, ack)."""

@@ -13,6 +13,12 @@ The epoch lives in two slots, ``epoch.0`` and ``epoch.1``, each
 (generation u32, epoch u32, crc32 u32), written alternately: a torn write
 can only damage the slot being written, and the other one still holds the
 previous epoch (which the new boot bumps past again).
+
+Alarm state. Whether an alarm is active (fast reporting until a
+clear_alarm) and the strap state last reported live in ``alarm`` (active
+u8, strap u8, 2 zero bytes, crc32), replaced atomically when they change:
+a reboot keeps fast reporting, and a strap cut while the device was off is
+reported at the next boot.
 """
 
 import struct
@@ -104,3 +110,30 @@ class CommandWindow:
         raw = window.to_bytes()
         if raw:
             self._store.write_atomic(self.NAME, raw + struct.pack(">I", _crc(raw)))
+
+
+class AlarmState:
+    """Active alarm and last reported strap state, kept across reboots."""
+
+    NAME = "alarm"
+
+    def __init__(self, store):
+        self._store = store
+        self.active = False
+        self.strap = 0
+        data = store.read(self.NAME, 64)
+        if data and len(data) == 8 and _crc(data[:4]) == struct.unpack(">I", data[4:])[0]:
+            self.active = bool(data[0])
+            self.strap = data[1]
+        self._saved = True
+
+    def save(self, active, strap):
+        """Write if changed (or not yet written); raises OSError."""
+        if self._saved and active == self.active and strap == self.strap:
+            return
+        self.active = active
+        self.strap = strap
+        self._saved = False
+        raw = bytes((1 if active else 0, strap & 0xFF, 0, 0))
+        self._store.write_atomic(self.NAME, raw + struct.pack(">I", _crc(raw)))
+        self._saved = True

@@ -1,5 +1,8 @@
 """Monitoring wristband: strap cut / tamper, battery, power; while an alarm
-is active it reports a fix every ``alarm_period_s`` until cleared."""
+is active it reports a fix every ``alarm_period_s`` until cleared. The
+active alarm and the strap state last reported are kept on flash
+(state.AlarmState): a reboot keeps fast reporting, and a strap opened while
+the device was off raises its alarm at boot."""
 
 from protocol.codec import CLASS_WRISTBAND
 
@@ -16,7 +19,9 @@ class Wristband(Device):
 
     def init_inputs(self, now_ms):
         inp = self.board.inputs
-        self._strap = Edge(inp.get("strap"))
+        # from the strap state last reported: a strap cut while the device was
+        # off or rebooting is reported at the first poll
+        self._strap = Edge(self.alarm_state.strap)
         self._power = Edge(inp.get("power_off"))
         self._low_batt = Threshold(5)
 
@@ -29,6 +34,7 @@ class Wristband(Device):
             elif s == STRAP_TAMPER:
                 self.raise_alarm("tamper", 0, now_ms, active=True)
             # closing the strap again does not clear: the supervisor does
+            self.save_alarm_state(s)
         self.check_power(now_ms)
 
     def hb_fields(self, hb):
