@@ -259,3 +259,21 @@ def test_the_gateway_process_logs_one_json_object_per_line_and_stops_cleanly_on_
     rejected = [rec for rec in lines if rec["msg"] == "rejected"]
     assert rejected and rejected[0]["reason"] == "bad_signature"
     assert rejected[0]["device"] == "rec001"
+
+
+def test_a_backlog_goes_upstream_in_batches_of_at_most_batch_max_records(tmp_path: Path) -> None:
+    site = Site(tmp_path, upstream={"batch_max_records": 10})
+    try:
+        dev = site.device("rec001")
+        site.up.stop()
+        with RunningGateway(site.cfg) as gw:
+            pub = site.publisher()
+            pub.publish_all([dev.gps() for _ in range(25)])
+            assert wait_until(lambda: gw.snapshot.get("accepted", 0) == 25, 10)
+            site.up.start()
+            assert site.collector.wait_for(lambda r: len(device_ids(r)) == 25, 30)
+        sizes = [len(doc["records"]) for _topic, doc in site.collector.batches
+                 if any(r["kind"] == "gps" for r in doc["records"])]
+        assert sizes == [10, 10, 5]
+    finally:
+        site.close()
