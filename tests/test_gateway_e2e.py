@@ -257,6 +257,14 @@ def test_cli_devices_provision_and_status(site: Site, tmp_path: Path,
     flash = FlashStore(str(tmp_path / "fl"))      # what the firmware reads, it accepts
     assert load_config(flash).device_id == "wb0001"
     assert load_key(flash) == site.registry.get("wb0001").current_key
+    capsys.readouterr()
+    assert cli_main(["devices", "show", "wb0001", *cfg]) == 0
+    out = capsys.readouterr().out
+    shown = json.loads(out)
+    assert shown["kind"] == "wristband" and shown["current_key_id"] == 1
+    assert [k["key_id"] for k in shown["keys"]] == [0, 1] and shown["keys"][0]["valid_until"]
+    for k in site.registry.get("wb0001").keys:
+        assert k.key.hex() not in out                    # key material is never printed
     assert cli_main(["devices", "revoke", "wb0001", *cfg]) == 0
     capsys.readouterr()
     assert cli_main(["devices", "list", *cfg]) == 0
