@@ -18,7 +18,6 @@ divider on an ADC pin (11 dB attenuation) and mapped linearly 3.3-4.2 V to
 """
 
 import json
-import sys
 import time
 
 import machine
@@ -124,26 +123,49 @@ class WlanLink(TcpLink):
 
 
 class PppLink(TcpLink):
-    """PPP over a 4G modem on a UART (AT dial, then network.PPP)."""
+    """PPP over a 4G modem on a UART (AT dial, then network.PPP).
+
+    A modem that was not registered yet, or lost its data call, is dialled
+    again after REDIAL_MS without a link (each dial blocks ~1 s: well inside
+    the watchdog period)."""
+
+    REDIAL_MS = 120000
 
     def __init__(self, pins):
         super().__init__("")
+        self.apn = pins["apn"].encode()
         self.uart = machine.UART(pins["modem_uart"], baudrate=pins["modem_baud"],
                                  tx=pins["modem_tx"], rx=pins["modem_rx"], timeout=200)
-        for cmd in (b"AT\r", b'AT+CGDCONT=1,"IP","%s"\r' % pins["apn"].encode(),
-                    b"ATD*99#\r"):
+        self.ppp = None
+        self._down_since = ticks_ms()
+        self._dial()
+
+    def _dial(self):
+        if self.ppp is not None:
+            self.ppp.active(False)
+            time.sleep_ms(1000)       # guard time, then "+++" back to command mode
+            self.uart.write(b"+++")
+            time.sleep_ms(1000)
+        for cmd in (b"AT\r", b'AT+CGDCONT=1,"IP","%s"\r' % self.apn, b"ATD*99#\r"):
             self.uart.write(cmd)
-            time.sleep_ms(300)        # bounded: boot only, before the watchdog starts
+            time.sleep_ms(300)
             self.uart.read()
         self.ppp = network.PPP(self.uart)
         self.ppp.active(True)
         self.ppp.connect()
 
     def up(self):
-        return self.ppp.isconnected()
+        now = ticks_ms()
+        if self.ppp.isconnected():
+            self._down_since = now
+            return True
+        if ticks_diff(now, self._down_since) >= self.REDIAL_MS:
+            self._down_since = now
+            self._dial()
+        return False
 
     def signal_dbm(self):
-        return -80                    # AT+CSQ needs the AT channel, not available in PPP
+        return -128                   # unknown: AT+CSQ needs the AT channel, busy with PPP
 
 
 class HwWatchdog:
@@ -209,7 +231,8 @@ def main():
     from firmware.app.factory import make_device
     try:
         board = Esp32Board()
-    except Exception as e:  # noqa: BLE001 - print why and stay idle for the REPL
-        print("E board:", e)
-        sys.exit(1)
+    except Exception as e:  # noqa: BLE001 - a field device must not sit at the REPL
+        print("E board:", e, "- resetting in 60 s")
+        time.sleep(60)                # a window to reach the REPL (Ctrl-C) on the bench
+        machine.reset()
     board.run(make_device(board, ticks_ms()))
