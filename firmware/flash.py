@@ -7,7 +7,7 @@ Copies the esp32 build (``make firmware BOARD=esp32``) to the board's
 flash root and the device's provisioning files to ``/data``:
 
     devices/<id>/config.json   -> :/data/config.json
-    devices/<id>/key.hex       -> :/data/key.hex
+    devices/<id>/key.hex       -> :/data/key.hex     (or key.bin, 32 bytes)
     devices/<id>/board.json    -> :/data/board.json   (optional pin map)
     devices/<id>/*.der         -> :/data/             (TLS CA, client cert/key)
 
@@ -33,18 +33,26 @@ def check_device_dir(d, device_id):
 
     cfg_path = d / "config.json"
     key_path = d / "key.hex"
-    if not cfg_path.is_file() or not key_path.is_file():
-        raise SystemExit("%s needs config.json and key.hex" % d)
+    bin_path = d / "key.bin"          # what `python -m gateway devices provision` writes
+    if not cfg_path.is_file() or not (key_path.is_file() or bin_path.is_file()):
+        raise SystemExit("%s needs config.json and key.hex (or key.bin)" % d)
     try:
         cfg = Config(json.loads(cfg_path.read_text()))
     except (ValueError, ConfigError) as e:
         raise SystemExit("%s: %s" % (cfg_path, e))
     if cfg.device_id != device_id:
         raise SystemExit("%s is for %s, not %s" % (cfg_path, cfg.device_id, device_id))
+    if not key_path.is_file():
+        if len(bin_path.read_bytes()) != 32:
+            raise SystemExit("%s must hold 32 bytes" % bin_path)
+        return
     key = key_path.read_text().strip()
     if len(key) != 64:
         raise SystemExit("%s must hold 64 hex digits" % key_path)
-    bytes.fromhex(key)
+    try:
+        bytes.fromhex(key)
+    except ValueError:
+        raise SystemExit("%s must hold 64 hex digits" % key_path) from None
 
 
 def commands(port, device_id, devices_dir, build_dir):
@@ -59,7 +67,8 @@ def commands(port, device_id, devices_dir, build_dir):
             base + ["fs", "cp", "-r", str(build / "protocol"), ":"],
             base + ["fs", "cp", "-r", str(build / "firmware"), ":"]]
     extras = sorted(p for p in d.iterdir()
-                    if p.name in ("config.json", "key.hex", "board.json") or p.suffix == ".der")
+                    if p.name in ("config.json", "key.hex", "key.bin", "board.json")
+                    or p.suffix == ".der")
     for p in extras:
         cmds.append(base + ["fs", "cp", str(p), ":/data/" + p.name])
     cmds.append(base + ["fs", "cp", str(build / "main.py"), ":main.py"])

@@ -50,3 +50,27 @@ def test_flash_refuses_a_config_for_another_device(tmp_path):
     provision(tmp_path / "devices" / "rec-0001", "rec-0002")
     with pytest.raises(SystemExit):
         commands("/dev/ttyUSB0", "rec-0001", tmp_path / "devices", dest)
+
+
+def test_flash_plan_takes_what_the_gateway_provisions(tmp_path):
+    """`python -m gateway devices provision` writes key.bin (and DER files)."""
+    from gateway.provision import write_files
+    from gateway.registry import Registry
+
+    dest, _ = build("esp32", tmp_path / "build")
+    reg = Registry(tmp_path / "registry.json")
+    reg.add("wb-0007", "wristband")
+    from gateway.config import ProvisionConfig
+    write_files(reg.get("wb-0007"), ProvisionConfig(), tmp_path / "devices" / "wb-0007")
+    flat = [" ".join(c) for c in
+            commands("/dev/ttyUSB0", "wb-0007", tmp_path / "devices", dest)]
+    assert any(":/data/key.bin" in c for c in flat)
+    assert any(":/data/config.json" in c for c in flat)
+
+
+def test_flash_refuses_a_key_that_is_not_hex(tmp_path):
+    dest, _ = build("esp32", tmp_path / "build")
+    provision(tmp_path / "devices" / "rec-0001", "rec-0001")
+    (tmp_path / "devices" / "rec-0001" / "key.hex").write_text("zz" * 32)
+    with pytest.raises(SystemExit, match="64 hex digits"):
+        commands("/dev/ttyUSB0", "rec-0001", tmp_path / "devices", dest)
