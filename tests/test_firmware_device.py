@@ -417,3 +417,49 @@ def test_recorder_sos_stays_active_after_a_reboot(tmp_path):
     board, dev = reboot(tmp_path, board, dev, "recorder", sos=1)
     run(board, dev, 1)
     assert dev.alarm_active and len(kinds(dev, "alarm")) == 1
+
+
+class FlakyBrokerLink:
+    """Up; every session gets its CONNACK, then the broker closes it at once
+    (while ``hangup``)."""
+
+    signal = -70
+
+    def __init__(self):
+        self.clock = None
+        self.attempts = []
+        self.hangup = True
+        self.last = None
+
+    def up(self):
+        return True
+
+    def signal_dbm(self):
+        return self.signal
+
+    def open(self, host, port, tls, timeout_ms):
+        self.attempts.append(self.clock.ms)
+        self.last = ScriptedTransport(self.hangup)
+        return self.last
+
+
+def test_a_broker_that_closes_after_connack_gets_a_growing_backoff(tmp_path):
+    link = FlakyBrokerLink()
+    board, dev = make(tmp_path, link=link,
+                      broker_extra={"backoff_min_ms": 1000, "backoff_max_s": 30})
+    link.clock = board.clock
+    run(board, dev, 120, step_ms=100)
+    gaps = [b - a for a, b in zip(link.attempts, link.attempts[1:], strict=False)]
+    assert 5 <= len(link.attempts) <= 12, gaps          # not one a second
+    assert gaps[0] < 2000 and gaps[4] > 6000
+    # a session that lasts a minute resets the backoff: the next retry is quick
+    link.hangup = False
+    n = len(link.attempts)
+    run(board, dev, 40, step_ms=100)
+    assert len(link.attempts) == n + 1 and dev.mqtt.connected
+    run(board, dev, 61, step_ms=100)
+    link.last.hangup = True                              # the broker goes away
+    closed_at = board.clock.ms
+    run(board, dev, 3, step_ms=100)
+    assert len(link.attempts) == n + 2
+    assert link.attempts[-1] - closed_at <= 1000 * 3 // 2 + 200
