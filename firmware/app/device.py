@@ -62,6 +62,7 @@ IDLE_RETRY_MS = 60000
 # (twice the longest period), so none can age into the wrap.
 STALE_MS = 2 * 86400 * 1000
 POWER_OFF_GRACE_MS = 5000   # power off while connected: time for the alarm to be acked
+STABLE_SESSION_MS = 60000   # the reconnect backoff resets only after a session lasted this long
 _UART_CHUNK = 256
 _ACK_QUEUE = 4              # acks waiting for the link; oldest dropped, counted
 
@@ -151,8 +152,8 @@ class Device:
         self._hb_next = now_ms
         self._sample_next = now_ms
         self._net_next = now_ms
-        self._backoff_ms = 0
         self._fails = 0
+        self._up_since = now_ms
         self._tls_reconnect = False
         self.alarm_state = AlarmState(b.store)
         self.alarm_active = self.alarm_state.active     # fast reporting survives a reboot
@@ -450,13 +451,17 @@ class Device:
             m.close("certificate rotated: reconnecting with the new pair")
             return
         if m.connected:
+            if self._fails and ticks_diff(now_ms, self._up_since) >= STABLE_SESSION_MS:
+                self._fails = 0
             self._send_pending()
             m.poll(now_ms)
 
     def _on_connected(self):
         now_ms = self.board.clock.ticks_ms()
-        self._fails = 0
-        self._backoff_ms = 0
+        # not _fails = 0 here: a broker that closes right after CONNACK would
+        # get a reconnect every second forever; _net resets it once the
+        # session has lasted STABLE_SESSION_MS
+        self._up_since = now_ms
         self.mqtt.subscribe(self.topics[KIND_CMD], 1)
         if self.cfg.tls is not None and self.cfg.tls.cert:
             self.mqtt.subscribe(self._cert_topic.encode(), 1)
