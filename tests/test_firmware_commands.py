@@ -62,12 +62,40 @@ def test_forged_command_is_refused_and_not_acked(device):
     assert device.gate.last_reason.startswith("bad_signature")
 
 
-def test_replayed_command_is_refused(device):
-    cmd = command(device.test_key, 1, {"action": "locate_now", "params": {}})
+def test_replayed_command_is_not_executed_again_but_acked_again(device):
+    cmd = command(device.test_key, 1, {"action": "set_params",
+                                       "params": {"gps_period_s": 20}})
     deliver(device, cmd)
-    deliver(device, cmd)
-    assert len(acks(device)) == 1
+    device.params["gps_period_s"] = 30          # changed since (e.g. another command)
+    writes = device.board.store.writes
+    deliver(device, cmd)                         # redelivered: its ack was lost
     assert device.gate.last_reason.startswith("duplicate")
+    assert device.params["gps_period_s"] == 30   # not applied again
+    assert device.board.store.writes == writes   # nothing written, nothing executed
+    assert acks(device) == [{"cmd_epoch": 5, "cmd_seq": 1, "result": "ok"}] * 2
+
+
+def test_a_repeat_gets_the_first_result_and_the_cache_is_bounded(device):
+    bad = command(device.test_key, 1, {"action": "set_params", "params": {"gps_period_s": 0}})
+    deliver(device, bad)
+    deliver(device, bad)
+    assert [a["result"] for a in acks(device)] == ["bad_args", "bad_args"]
+    for seq in range(2, 11):                     # 9 more commands push it out of the cache
+        deliver(device, command(device.test_key, seq, {"action": "locate_now", "params": {}}))
+    device._acks.clear()
+    deliver(device, bad)
+    assert device._acks == [] and device.gate.last_reason.startswith("duplicate")
+    deliver(device, command(device.test_key, 10, {"action": "locate_now", "params": {}}))
+    assert acks(device) == [{"cmd_epoch": 5, "cmd_seq": 10, "result": "ok"}]
+
+
+def test_replay_with_a_forged_tag_is_never_answered(device):
+    cmd = bytearray(command(device.test_key, 1, {"action": "locate_now", "params": {}}))
+    deliver(device, bytes(cmd))
+    device._acks.clear()
+    cmd[-1] ^= 1
+    deliver(device, bytes(cmd))
+    assert device._acks == [] and device.gate.last_reason.startswith("bad_signature")
 
 
 def test_replay_is_refused_after_a_reboot_too(device, tmp_path):

@@ -332,10 +332,12 @@ def test_signed_command_is_executed_and_acked_forged_one_is_not(tmp_path, broker
             col.wait(lambda m: any(t.endswith("/ack") for t, _ in m), 10)
             col.publish("ft/v1/%s/cmd" % did, good)             # a replay
             dev.wait_line("W command refused: duplicate", 10)
+            dev.wait_line("I command 9.2 repeated: acked again", 10)  # not executed again
+            col.wait(lambda m: sum(t.endswith("/ack") for t, _ in m) >= 2, 10)
     finally:
         col.close()
     seen = check_stream(col.messages, did, key)
     from protocol.codec import decode
     acks = [decode(p).body for p in seen.values() if p[0] & 0x0F == 6]
-    assert acks == [{"cmd_epoch": 9, "cmd_seq": 2, "result": "ok"}]
+    assert acks == [{"cmd_epoch": 9, "cmd_seq": 2, "result": "ok"}] * 2
     assert json.loads((tmp_path / "params.json").read_text())["hb_interval_s"] == 120

@@ -9,9 +9,13 @@ command would only tell the forger something.
 
 An authenticated command always gets an ack: ``ok``, ``bad_args`` (a
 parameter out of range: nothing is changed), ``unsupported`` or ``failed``.
+An authentic repeat (the gateway resends a command whose ack it did not
+get) is not executed again; the device answers it with the result it gave
+the first time, from a small cache of recent commands.
 """
 
 from protocol.codec import ACK_RESULTS
+from protocol.errors import DUPLICATE
 from protocol.mac import Mac
 from protocol.replay import LANE_CMD
 from protocol.verify import DeviceKeys, Limits, verify
@@ -40,6 +44,7 @@ class CommandGate:
         self._windows = window_store      # state.CommandWindow
         self.refused = 0
         self.last_reason = ""
+        self.duplicate = None             # envelope of the last authentic repeat
 
     @property
     def macs(self):
@@ -65,9 +70,14 @@ class CommandGate:
         """The decoded envelope of an authentic, fresh command, or None."""
         verdict = verify(topic, payload, self._lookup, self._window_of, now_s,
                          _LIMITS if synced else _NO_TIME_LIMITS)
+        self.duplicate = None
         if not verdict.ok:
             self.refused += 1
             self.last_reason = "%s %s" % (verdict.reason, verdict.detail)
+            if verdict.reason == DUPLICATE:
+                # authentic (the tag is checked before the window): the
+                # caller may answer it again, never act on it again
+                self.duplicate = verdict.envelope
             return None
         if verdict.lane != LANE_CMD:
             self.refused += 1

@@ -33,7 +33,7 @@ from protocol import codec
 
 from protocol.auth import Signer, key_wrap_pad, xor32
 from protocol.bundle import open_bundle
-from protocol.errors import ProtocolError
+from protocol.errors import DUPLICATE, ProtocolError
 from protocol.codec import ALARM_CODES, MAX_ENVELOPE
 from protocol.topics import (
     KIND_ACK, KIND_ALARM, KIND_CMD, KIND_GPS, KIND_HB, KIND_STATUS, topic_for,
@@ -65,6 +65,7 @@ POWER_OFF_GRACE_MS = 5000   # power off while connected: time for the alarm to b
 STABLE_SESSION_MS = 60000   # the reconnect backoff resets only after a session lasted this long
 _UART_CHUNK = 256
 _ACK_QUEUE = 4              # acks waiting for the link; oldest dropped, counted
+_DONE_CACHE = 8             # (cmd epoch, cmd seq, result) of recent commands; oldest evicted
 
 
 class Device:
@@ -140,6 +141,7 @@ class Device:
                     "fw_minor": FW_VERSION[1], "fw_patch": FW_VERSION[2]}
         self._acks = []
         self.acks_dropped = 0
+        self._done = []                      # recent commands, to answer a repeat
         self._flash_logged = False
         self.reset_cause = b.reset_cause()
         self.uptime_s = 0                    # accumulated: ticks wrap, seconds do not
@@ -530,6 +532,9 @@ class Device:
             return
         if env is None:
             self.log("W command refused: %s" % self.gate.last_reason)
+            dup = self.gate.duplicate
+            if dup is not None:
+                self._ack_again(dup.epoch, dup.seq)
             return
         try:
             result = self._execute(env)
@@ -537,7 +542,25 @@ class Device:
             self.log("E command %s: %s" % (env.body["action"], e))
             result = FAILED
         self.log("I command %s %d.%d -> %d" % (env.body["action"], env.epoch, env.seq, result))
-        self._queue_ack(env.epoch, env.seq, result)
+        self._command_done(env.epoch, env.seq, result)
+
+    def _command_done(self, cmd_epoch, cmd_seq, result):
+        """Ack a command and remember its result for a repeat (bounded)."""
+        if len(self._done) >= _DONE_CACHE:
+            self._done.pop(0)
+        self._done.append((cmd_epoch, cmd_seq, result))
+        self._queue_ack(cmd_epoch, cmd_seq, result)
+
+    def _ack_again(self, cmd_epoch, cmd_seq):
+        """An authentic repeat of a command (its ack was lost): answer it with
+        the same result, without acting again. Older than the cache: no answer."""
+        for e in self._done:
+            if e[0] == cmd_epoch and e[1] == cmd_seq:
+                self.log("I command %d.%d repeated: acked again -> %d" % (
+                    cmd_epoch, cmd_seq, e[2]))
+                self._queue_ack(cmd_epoch, cmd_seq, e[2])
+                return True
+        return False
 
     def _queue_ack(self, cmd_epoch, cmd_seq, result):
         """Sign an ack now; it goes out with the next connection (bounded, counted)."""
@@ -558,6 +581,8 @@ class Device:
             self.gate.admit(epoch, seq)
         except ProtocolError as e:
             self.log("W certificate bundle refused: %s" % e)
+            if e.reason == DUPLICATE:
+                self._ack_again(epoch, seq)         # authentic: open_bundle checked it
             return
         except OSError as e:
             self.log("E command window not saved, bundle refused: %s" % e)
@@ -573,7 +598,7 @@ class Device:
             self.cfg.tls.cert = "tls-%s.crt.der" % tag
             self.cfg.tls.key = "tls-%s.key.der" % tag
         self.log("I certificate bundle %d.%d -> %d" % (epoch, seq, result))
-        self._queue_ack(epoch, seq, result)
+        self._command_done(epoch, seq, result)
         if result == OK:
             self._tls_reconnect = True      # closed by _net, not inside the parser
 
