@@ -31,11 +31,8 @@ NAME_BY_KIND = {v: k for k, v in KIND_BY_NAME.items()}
 UPLINK_KINDS = (KIND_GPS, KIND_HB, KIND_ALARM, KIND_STATUS, KIND_ACK)
 
 
-def _id_char_ok(c, first):
-    o = ord(c)
-    if 48 <= o <= 57 or 65 <= o <= 90 or 97 <= o <= 122:
-        return True
-    return (not first) and (c == "_" or c == "-")
+_ID_FIRST = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_ID_CHARS = _ID_FIRST + "_-"
 
 
 def is_valid_device_id(device_id):
@@ -44,10 +41,9 @@ def is_valid_device_id(device_id):
     n = len(device_id)
     if n < ID_MIN or n > ID_MAX:
         return False
-    for i in range(n):
-        if not _id_char_ok(device_id[i], i == 0):
-            return False
-    return True
+    # strip() removes allowed characters from both ends in C: what is left over
+    # is a character outside the set (one Python-level loop per id was 1.5 us)
+    return device_id[0] in _ID_FIRST and not device_id.strip(_ID_CHARS)
 
 
 def check_device_id(device_id):

@@ -9,11 +9,13 @@ import random
 import time
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.config import Limits
 from gateway.pipeline import (
-    DOWNLINK, DUPLICATE, LANE_ALARM, LANE_STATUS, LANE_TELEMETRY, Accepted, Rejected,
-    batch_payload, decide, protocol_limits,
+    DOWNLINK, DUPLICATE, GPS_BODY_KEYS, LANE_ALARM, LANE_STATUS, LANE_TELEMETRY, Accepted,
+    Rejected, batch_payload, body_json, decide, protocol_limits,
 )
 from gateway.testing import Device
 from protocol.replay import ReplayWindow
@@ -205,3 +207,28 @@ def test_upstream_backoff_grows_to_its_cap_with_jitter() -> None:
     assert all(0.25 <= d <= cap for d, cap in zip(first, caps, strict=True))
     assert len({round(d, 6) for d in first[10:]}) > 150      # jittered, not a fixed ladder
     assert max(first[10:]) > 6.0                             # it reaches towards the cap
+
+
+@given(st.lists(st.integers(-2**31, 2**31), min_size=len(GPS_BODY_KEYS),
+                max_size=len(GPS_BODY_KEYS)))
+def test_a_gps_body_is_written_exactly_as_the_json_encoder_would(values: list[int]) -> None:
+    from protocol.topics import KIND_GPS
+
+    body = dict(zip(GPS_BODY_KEYS, values, strict=True))     # the decoder's key order
+    assert body_json(KIND_GPS, body) == json.dumps(body, separators=(",", ":"))
+
+
+def test_a_decoded_gps_body_is_written_exactly_as_the_json_encoder_would() -> None:
+    from protocol.codec import decode
+    from protocol.topics import KIND_GPS
+
+    body = decode(Device("rec001").gps()[1]).body
+    assert body_json(KIND_GPS, body) == json.dumps(body, separators=(",", ":"))
+
+
+def test_a_gps_body_with_other_fields_goes_through_the_encoder() -> None:
+    from protocol.topics import KIND_GPS
+
+    body = {k: 1 for k in GPS_BODY_KEYS}
+    body["extra"] = "x"
+    assert '"extra":"x"' in body_json(KIND_GPS, body)

@@ -160,3 +160,13 @@ def test_signed_gps_fix_is_under_50_bytes() -> None:
         "lat_e7": 359900000, "lon_e7": 1194000000, "alt_m": 40, "speed_cms": 150,
         "course_cdeg": 9000, "hdop_x10": 9, "fix": 2, "sats": 12, "gnss": 9, "age_s": 0})
     assert len(payload) == 49
+
+
+@given(st.one_of(st.text(max_size=40),
+                 st.text(alphabet="aZ09_-é/+# \x00", min_size=1, max_size=34)))
+def test_device_id_validity_is_exactly_the_spec_pattern(s: str) -> None:
+    import re
+
+    from protocol.topics import is_valid_device_id
+
+    assert is_valid_device_id(s) == bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{2,31}", s))
