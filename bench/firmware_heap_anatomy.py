@@ -51,7 +51,6 @@ SCRIPT = """
 import gc, sys
 import socket, ssl, json, hashlib, struct, select, time, os, binascii, math
 sys.path.insert(0, %(build)r)
-sys.path.insert(0, %(shapes)r)
 gc.collect()
 start = prev = gc.mem_alloc()
 for m in %(modules)r:
@@ -61,13 +60,27 @@ for m in %(modules)r:
     print("module %%s %%d" %% (m, now - prev))
     prev = now
 print("total firmware %%d" %% (prev - start))
-for i in range(%(n)d):
-    gc.collect()
-    a = gc.mem_alloc()
-    __import__("shape%%d" %% i)
-    gc.collect()
-    print("shape %%d %%d" %% (i, gc.mem_alloc() - a))
 """
+
+# One fresh process per shape: interned names go into qstr pools that grow in
+# chunks, and a chunk allocated during one import would be charged to it.
+SHAPE_SCRIPT = """
+import gc, sys
+sys.path.insert(0, %(shapes)r)
+gc.collect()
+a = gc.mem_alloc()
+__import__("shape%(i)d")
+gc.collect()
+print("shape %(i)d %%d" %% (gc.mem_alloc() - a))
+"""
+
+
+def run(script: Path, cwd: str) -> list[str]:
+    out = subprocess.run([micropython_binary(), "-X", "heapsize=1m", str(script)],
+                         capture_output=True, text=True, timeout=120, cwd=cwd)
+    if out.returncode:
+        raise SystemExit(out.stdout + out.stderr)
+    return out.stdout.splitlines()
 
 
 def main() -> None:
@@ -80,14 +93,14 @@ def main() -> None:
         for i, name in enumerate(names):
             (shapes / ("shape%d.py" % i)).write_text(SHAPES[name])
         script = work / "anatomy.py"
-        script.write_text(SCRIPT % {"build": str(fw), "shapes": str(shapes),
-                                    "modules": MODULES, "n": len(names)})
-        out = subprocess.run([micropython_binary(), "-X", "heapsize=1m", str(script)],
-                             capture_output=True, text=True, timeout=120, cwd=tmp)
-        if out.returncode:
-            raise SystemExit(out.stdout + out.stderr)
+        script.write_text(SCRIPT % {"build": str(fw), "modules": MODULES})
+        lines = run(script, tmp)
+        for i in range(len(names)):
+            one = work / ("shape_run%d.py" % i)
+            one.write_text(SHAPE_SCRIPT % {"shapes": str(shapes), "i": i})
+            lines += run(one, tmp)
         print("heap added by each import (after gc.collect), MicroPython unix port, .mpy build:")
-        for line in out.stdout.splitlines():
+        for line in lines:
             kind, _, rest = line.partition(" ")
             label, _, value = rest.rpartition(" ")
             if kind == "module":
