@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import ssl
 import struct
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -142,6 +143,28 @@ class BufferedSocket:
 class FastClient(mqtt.Client):
     # called with a list of Publish from the loop thread; None: paho's on_message
     on_message_batch: Callable[[list[Publish]], None] | None = None
+    pingresps = 0
+
+    def _handle_pingresp(self) -> mqtt.MQTTErrorCode:
+        self.pingresps += 1
+        return super()._handle_pingresp()
+
+    def round_trip(self, timeout: float) -> bool:
+        """Send a PINGREQ and wait for its PINGRESP: the broker handles a
+        client's packets in order, so everything written before (PUBACKs) has
+        then been processed. Needed before a DISCONNECT: paho closes the socket
+        right after it, and a broker still sending to us then sees the reset
+        and may drop the connection before it reads our last PUBACKs (mosquitto
+        did: the next session got those messages again)."""
+        wanted = self.pingresps + 1 + (1 if self._ping_t else 0)   # a keepalive ping out
+        if self._send_pingreq() != mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return False
+        deadline = time.monotonic() + timeout
+        while self.pingresps < wanted:
+            if time.monotonic() > deadline or self._sock is None:
+                return False
+            time.sleep(0.002)
+        return True
 
     def _create_socket(self) -> Any:
         return BufferedSocket(super()._create_socket())

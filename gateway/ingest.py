@@ -60,6 +60,12 @@ class Feed:
         """Take nothing more (a waiting put returns): the gateway is stopping."""
         self.closed = True
 
+    def discard(self) -> None:
+        """Drop what a put slipped in after the last commit: it can no longer be
+        acknowledged on its connection, so the broker redelivers it."""
+        self.refused_closed += len(self.items)
+        self.items.clear()
+
     def _wait_for_room(self) -> bool:
         while len(self.items) >= self.maxsize and not self.closed:
             self.full_waits += 1
@@ -214,6 +220,8 @@ class LocalConnection:
         """Disconnect cleanly: the loop thread writes what is queued (the last
         PUBACKs) and then the DISCONNECT before it is stopped."""
         try:
+            if isinstance(self.client, FastClient) and self.connected.is_set():
+                self.client.round_trip(timeout)       # our last PUBACKs are processed
             self.client.disconnect()
             deadline = time.monotonic() + timeout
             while self.connected.is_set() and time.monotonic() < deadline:

@@ -124,6 +124,7 @@ class Gateway:
             self.step(0.0)
         for c in self.conns:
             c.stop()
+        self.inq.discard()     # a put that raced with close: not committed, not acked
         self.forwarder.stop()
         self.step(0.0)
         self.store.close()
