@@ -291,6 +291,8 @@ def test_power_off_alarm_reaches_the_broker_before_the_device_stops(tmp_path, br
             dev.poll(board.clock.ms)
             time.sleep(0.01)
         alarms = col.wait(lambda m: [p for t, p in m if t.endswith("/alarm")], 10)
+        statuses = col.wait(lambda m: [decode(p).body["state"] for t, p in m
+                                       if t.endswith("/status")][-1:] == ["shutdown"], 10)
     finally:
         col.close()
     off_ms, alarms_left, inflight = at_off[0]
@@ -299,6 +301,7 @@ def test_power_off_alarm_reaches_the_broker_before_the_device_stops(tmp_path, br
     assert off_ms - pressed < 5000
     assert decode(alarms[0]).body["alarm"] == "power_off"
     assert not dev.mqtt.connected                 # then the polite DISCONNECT
+    assert statuses     # and, since that cancels the last will, a signed 'shutdown' status
 
 
 class SilentBrokerLink:

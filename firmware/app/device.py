@@ -663,4 +663,9 @@ class Device:
             self.outbox.sync()
         except OSError as e:
             self.log("E shutdown sync: %s" % e)
+        if self.mqtt.connected:
+            # the DISCONNECT cancels the last will: say 'shutdown' ourselves, so
+            # that the gateway marks the device offline now, not after a timeout
+            status = self._status(2, self.board.clock.ticks_ms())
+            self.mqtt.publish(self.topics[KIND_STATUS], status, len(status), -1, 1, True)
         self.mqtt.disconnect()
