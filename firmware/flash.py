@@ -42,17 +42,20 @@ def check_device_dir(d, device_id):
         raise SystemExit("%s: %s" % (cfg_path, e))
     if cfg.device_id != device_id:
         raise SystemExit("%s is for %s, not %s" % (cfg_path, cfg.device_id, device_id))
+    if key_path.is_file() and bin_path.is_file():
+        # the device reads key.hex first: a stale one would shadow a new key.bin
+        raise SystemExit("%s holds both key.hex and key.bin: keep only the current key" % d)
     if not key_path.is_file():
         if len(bin_path.read_bytes()) != 32:
             raise SystemExit("%s must hold 32 bytes" % bin_path)
         return
     key = key_path.read_text().strip()
-    if len(key) != 64:
-        raise SystemExit("%s must hold 64 hex digits" % key_path)
     try:
-        bytes.fromhex(key)
+        ok = len(key) == 64 and len(bytes.fromhex(key)) == 32     # fromhex skips spaces
     except ValueError:
-        raise SystemExit("%s must hold 64 hex digits" % key_path) from None
+        ok = False
+    if not ok:
+        raise SystemExit("%s must hold 64 hex digits" % key_path)
 
 
 def commands(port, device_id, devices_dir, build_dir):
@@ -70,6 +73,11 @@ def commands(port, device_id, devices_dir, build_dir):
                     if p.name in ("config.json", "key.hex", "key.bin", "board.json")
                     or p.suffix == ".der")
     for p in extras:
+        if p.name in ("key.hex", "key.bin"):
+            # the other form left on the board by an earlier flash would win
+            # (key.hex is read first) or confuse: remove it (may not exist)
+            other = "key.bin" if p.name == "key.hex" else "key.hex"
+            cmds.append(base + ["fs", "rm", ":/data/" + other])
         cmds.append(base + ["fs", "cp", str(p), ":/data/" + p.name])
     cmds.append(base + ["fs", "cp", str(build / "main.py"), ":main.py"])
     cmds.append(base + ["reset"])
@@ -89,7 +97,8 @@ def main(argv=None):
         if args.dry_run:
             continue
         res = subprocess.run(cmd)
-        if res.returncode != 0 and cmd[3:5] != ["fs", "mkdir"]:   # /data may exist
+        if res.returncode != 0 and cmd[3:5] not in (["fs", "mkdir"], ["fs", "rm"]):
+            # /data may exist already; the other key form may not
             sys.exit(res.returncode)
 
 

@@ -44,6 +44,9 @@ def write_files(dev: Device, p: ProvisionConfig, out: Path,
     cfg_path.write_text(json.dumps(device_config(dev, p, tls_files is not None), indent=2)
                         + "\n")
     _write_private(key_path, dev.current_key)
+    stale = out / "key.hex"         # the firmware reads key.hex first: it would shadow key.bin
+    if stale.exists():
+        stale.unlink()
     written = [cfg_path, key_path]
     for name in ("ca.der", "cert.der", "key.der"):
         if tls_files is not None:

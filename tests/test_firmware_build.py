@@ -74,3 +74,40 @@ def test_flash_refuses_a_key_that_is_not_hex(tmp_path):
     (tmp_path / "devices" / "rec-0001" / "key.hex").write_text("zz" * 32)
     with pytest.raises(SystemExit, match="64 hex digits"):
         commands("/dev/ttyUSB0", "rec-0001", tmp_path / "devices", dest)
+
+
+def test_flash_plan_removes_the_other_key_form_from_the_board(tmp_path):
+    """The device reads key.hex first: one left by an earlier flash would
+    shadow a newly provisioned key.bin."""
+    from gateway.config import ProvisionConfig
+    from gateway.provision import write_files
+    from gateway.registry import Registry
+
+    dest, _ = build("esp32", tmp_path / "build")
+    provision(tmp_path / "devices" / "wb-0007", "wb-0007", "wristband")   # key.hex
+    reg = Registry(tmp_path / "registry.json")
+    reg.add("wb-0007", "wristband")
+    write_files(reg.get("wb-0007"), ProvisionConfig(), tmp_path / "devices" / "wb-0007")
+    assert not (tmp_path / "devices" / "wb-0007" / "key.hex").exists()   # replaced
+    flat = [" ".join(c) for c in
+            commands("/dev/ttyUSB0", "wb-0007", tmp_path / "devices", dest)]
+    rm = flat.index("mpremote connect /dev/ttyUSB0 fs rm :/data/key.hex")
+    assert rm < [i for i, c in enumerate(flat) if c.endswith(":/data/key.bin")][0]
+
+
+def test_flash_refuses_a_device_directory_with_two_keys(tmp_path):
+    dest, _ = build("esp32", tmp_path / "build")
+    provision(tmp_path / "devices" / "rec-0001", "rec-0001")
+    (tmp_path / "devices" / "rec-0001" / "key.bin").write_bytes(bytes(32))
+    with pytest.raises(SystemExit, match="both key.hex and key.bin"):
+        commands("/dev/ttyUSB0", "rec-0001", tmp_path / "devices", dest)
+
+
+def test_flash_refuses_a_hex_key_with_spaces(tmp_path):
+    dest, _ = build("esp32", tmp_path / "build")
+    provision(tmp_path / "devices" / "rec-0001", "rec-0001")
+    spaced = "ab cd ef" + "01" * 28          # 64 characters that fromhex() accepts
+    assert len(spaced) == 64 and len(bytes.fromhex(spaced)) == 31
+    (tmp_path / "devices" / "rec-0001" / "key.hex").write_text(spaced)
+    with pytest.raises(SystemExit, match="64 hex digits"):
+        commands("/dev/ttyUSB0", "rec-0001", tmp_path / "devices", dest)
