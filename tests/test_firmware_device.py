@@ -466,3 +466,19 @@ def test_a_broker_that_closes_after_connack_gets_a_growing_backoff(tmp_path):
     run(board, dev, 3, step_ms=100)
     assert len(link.attempts) == n + 2
     assert link.attempts[-1] - closed_at <= 1000 * 3 // 2 + 200
+
+
+def test_shutdown_with_the_window_full_drops_the_connection_so_the_will_goes_out(tmp_path):
+    """No room for the 'shutdown' status: a DISCONNECT would cancel the last
+    will and the gateway would learn nothing; closing lets the broker send it."""
+    link = SilentBrokerLink()
+    board, dev = make(tmp_path, link=link, params={"min_period_s": 1, "gps_period_s": 1})
+    transports = []
+    opened = link.open
+    link.open = lambda *a: transports.append(opened(*a)) or transports[-1]
+    tr = Track()
+    run(board, dev, 30, tr, step_ms=1000)        # fixes pile up, none acked
+    assert dev.mqtt.connected and len(dev.mqtt.inflight) == dev.mqtt.max_inflight
+    dev.shutdown("test")
+    assert not dev.mqtt.connected
+    assert not transports[-1].sent.endswith(b"\xe0\x00")      # no DISCONNECT written

@@ -151,3 +151,16 @@ def test_boot_with_failing_flash_waits_in_idle_and_starts_when_it_recovers(tmp_p
     assert dev.idle_reason is None and dev.counter.epoch >= 1
     assert dev.outbox.tele.count >= 1              # its first heartbeat
     assert any("leaving safe idle" in ln for ln in board.logs)
+
+
+def test_shutdown_with_a_failing_flash_says_how_many_records_it_loses(tmp_path):
+    _, board, dev = make(tmp_path, params=FAST)
+    fail_flash(board.store)
+    tr = Track()
+    for _ in range(20):
+        step(board, dev, 500, tr)
+    in_ram = dev.outbox.tele.ram_count + dev.outbox.alarm.ram_count
+    assert in_ram > 0
+    dev.shutdown("test")
+    lost = [ln for ln in board.logs if "only in RAM, lost" in ln]
+    assert lost and ("E shutdown: %d records" % in_ram) in lost[0] and "no space" in lost[0]

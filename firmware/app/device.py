@@ -96,6 +96,10 @@ class Device:
             self._idle_state = True
             self._enter_idle("state_error: %s" % e, now_ms)
             return False
+        except Exception as e:  # noqa: BLE001 - idle, log and retry; never stop the loop
+            self._idle_state = True
+            self._enter_idle("setup_error: %s %s" % (type(e).__name__, e), now_ms)
+            return False
         self._idle_state = False
         self.idle_reason = None
         return True
@@ -660,12 +664,21 @@ class Device:
         """Before a planned reboot or power off: RAM tail to flash."""
         self.log("I shutdown: %s" % why)
         try:
-            self.outbox.sync()
+            unsaved = self.outbox.sync()
         except OSError as e:
+            unsaved = -1
             self.log("E shutdown sync: %s" % e)
+        if unsaved > 0:
+            self.log("E shutdown: %d records only in RAM, lost: %s" % (
+                unsaved, self.outbox.tele.error or self.outbox.alarm.error))
         if self.mqtt.connected:
             # the DISCONNECT cancels the last will: say 'shutdown' ourselves, so
-            # that the gateway marks the device offline now, not after a timeout
+            # that the gateway marks the device offline now, not after a timeout;
+            # with no room for it (window full), drop the connection instead and
+            # let the broker publish the will
             status = self._status(2, self.board.clock.ticks_ms())
-            self.mqtt.publish(self.topics[KIND_STATUS], status, len(status), -1, 1, True)
+            if not self.mqtt.publish(self.topics[KIND_STATUS], status, len(status), -1, 1,
+                                     True):
+                self.mqtt.close("shutdown: no room for the status, the will goes out")
+                return
         self.mqtt.disconnect()

@@ -567,11 +567,15 @@ class Outbox:
         return wrote
 
     def sync(self):
-        """Flush RAM and save cursors now (before a planned reboot)."""
+        """Flush RAM and save cursors now (before a planned reboot); returns
+        how many records are still only in RAM (the flash refused them)."""
+        unsaved = 0
         for lane in (self.alarm, self.tele):
-            lane.flush()
+            if lane.ram_count and not lane.flush():
+                unsaved += lane.ram_count
             if lane.dirty:
                 lane.save_cursor()
+        return unsaved
 
     def rewind(self):
         self.alarm.rewind()
