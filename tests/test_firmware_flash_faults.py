@@ -164,3 +164,37 @@ def test_shutdown_with_a_failing_flash_says_how_many_records_it_loses(tmp_path):
     dev.shutdown("test")
     lost = [ln for ln in board.logs if "only in RAM, lost" in ln]
     assert lost and ("E shutdown: %d records" % in_ram) in lost[0] and "no space" in lost[0]
+
+
+def test_with_the_flash_failing_an_sos_pushes_a_minor_alarm_out_of_ram_not_itself(tmp_path):
+    _, board, dev = make(tmp_path, params=FAST)
+    fail_flash(board.store)
+    tr = Track()
+    for i in range(40):                               # recording on/off: minor alarms
+        board.inputs.set("recording", i % 2)
+        step(board, dev, 1000, tr)
+    lane = dev.outbox.alarm
+    assert lane.drops > 0                             # the alarm tail filled up
+    minor_before = lane.ram_count
+    board.inputs.set("sos", 1)
+    step(board, dev, 1000, tr)
+    codes = []
+    p = 0
+    while p < lane.ram_len:                           # what the RAM tail holds now
+        n = lane.ram[p + 1]
+        codes.append(lane.ram[p + 2 + 14])
+        p += n + 6
+    assert codes[-1] == 1 and codes.count(1) == 1     # the SOS is kept, last
+    assert lane.ram_count == minor_before             # one minor alarm gave way
+    assert lane.evicted_from_ram == 1
+
+
+def test_when_only_critical_alarms_fill_ram_a_new_one_is_dropped_counted_and_logged(tmp_path):
+    _, board, dev = make(tmp_path, params=FAST)
+    fail_flash(board.store)
+    for _ in range(12):
+        dev.raise_alarm("sos", 1, board.clock.ms)
+    lane = dev.outbox.alarm
+    assert lane.drops > 0 and lane.evicted_from_ram == 0
+    assert lane.ram_count + lane.drops == 12
+    assert [ln for ln in board.logs if ln.startswith("E alarm 1 dropped")]

@@ -34,7 +34,7 @@ from protocol import codec
 from protocol.auth import Signer, key_wrap_pad, xor32
 from protocol.bundle import open_bundle
 from protocol.errors import DUPLICATE, ProtocolError
-from protocol.codec import ALARM_CODES, MAX_ENVELOPE
+from protocol.codec import ALARM_CODES, HEADER_LEN, MAX_ENVELOPE
 from protocol.topics import (
     KIND_ACK, KIND_ALARM, KIND_CMD, KIND_GPS, KIND_HB, KIND_STATUS, topic_for,
 )
@@ -65,6 +65,15 @@ POWER_OFF_GRACE_MS = 5000   # power off while connected: time for the alarm to b
 STABLE_SESSION_MS = 60000   # the reconnect backoff resets only after a session lasted this long
 _UART_CHUNK = 256
 _ACK_QUEUE = 4              # acks waiting for the link; oldest dropped, counted
+# Alarms that give way, in RAM, to an SOS, strap cut, tamper or power off
+# when the flash fails and the alarm lane's RAM tail is full.
+_MINOR_ALARMS = (ALARM_CODES["low_battery"], ALARM_CODES["recording_started"],
+                 ALARM_CODES["recording_stopped"], ALARM_CODES["low_storage"],
+                 ALARM_CODES["alarm_cleared"])
+
+
+def _minor_alarm(envelope):
+    return envelope[HEADER_LEN] in _MINOR_ALARMS
 _DONE_CACHE = 8             # (cmd epoch, cmd seq, result) of recent commands; oldest evicted
 
 
@@ -327,10 +336,13 @@ class Device:
                                    p.course_cdeg, p.hdop_x10, p.fix_type(), p.sats,
                                    p.gnss_mask(), self.fix_age_s(now_ms))
 
-    def _queue(self, kind, n, is_alarm, now_ms):
+    def _queue(self, kind, n, is_alarm, now_ms, evictable=None):
         n = self.signer.sign_into(self._env, n, kind)
         appends = self.outbox.flash_appends
-        kept = self.outbox.append(is_alarm, self._env_mv, n, now_ms)
+        kept = self.outbox.append(is_alarm, self._env_mv, n, now_ms, evictable)
+        if not kept and is_alarm:
+            self.log("E alarm %d dropped: flash failing and its RAM tail full of alarms "
+                     "as important" % self._env[HEADER_LEN])
         self.records += 1
         self._log_flash()
         if self.trace:
@@ -403,7 +415,9 @@ class Device:
             n = self._pack_fix(n, now_ms)
         else:
             n = codec.pack_no_position(self._env, n)
-        self._queue(KIND_ALARM, n, True, now_ms)
+        # with the flash failing, a critical alarm may push a minor one out of RAM
+        self._queue(KIND_ALARM, n, True, now_ms,
+                    None if ALARM_CODES[name] in _MINOR_ALARMS else _minor_alarm)
         self.log("I alarm %s %d" % (name, value))
         if active is not None:
             self.save_alarm_state(self.alarm_state.strap)

@@ -26,8 +26,11 @@ Failing flash (full, worn out, unmounted). ``append`` never raises: a
 record that fits in the lane's RAM tail is kept there (sendable, and acked
 from RAM while online); one that fits nowhere is refused (``append`` returns
 False) and counted in the lane's ``drops``. The alarm lane has its own RAM
-tail (``ALARM_RAM_RECORDS`` records) that telemetry never fills, so alarms
-are the last thing dropped. After a failed append a lane waits
+tail (``ALARM_RAM_RECORDS`` full-size records, about 9 typical alarms) that
+telemetry never fills, so alarms are the last thing dropped; when it is
+full, a critical alarm makes room by evicting (counted) the oldest RAM record
+the caller calls evictable (the device: minor alarms such as recording
+started/stopped), else it is dropped. After a failed append a lane waits
 ``FLUSH_RETRY_MS`` before the next attempt (``failing`` and ``error`` say
 why, for one log line per burst); a cursor that cannot be saved stays dirty
 and is saved later.
@@ -94,6 +97,7 @@ class LaneLog:
         self.last_appended = b""
         self.last_flushed = b""
         self.flushes = 0        # appends to flash (the wear figure)
+        self.evicted_from_ram = 0   # of drops: made room for a more important record
         self.drops = 0          # records lost: evicted, or refused with flash failing
         self.failing = False    # the last flash append failed ...
         self.error = ""         # ... for this reason
@@ -213,12 +217,16 @@ class LaneLog:
 
     # ---- writing ----
 
-    def append(self, mv, n, now_ms, urgent=False):
+    def append(self, mv, n, now_ms, urgent=False, evictable=None):
         """Frame ``mv[:n]`` into the RAM tail (flushing first if it is full).
         False if there was no room (flash failing): the record is dropped and
-        counted. ``urgent`` (alarms) tries the flash even while backing off."""
+        counted. ``urgent`` (alarms) tries the flash even while backing off;
+        ``evictable(frame)``, given, names RAM records that may make room."""
         if self.ram_len + n + FRAME_OVERHEAD > len(self.ram):
             if (urgent or self.may_flush(now_ms)) and self.flush(now_ms):
+                pass
+            while (self.ram_len + n + FRAME_OVERHEAD > len(self.ram)
+                   and evictable is not None and self.evict_from_ram(evictable)):
                 pass
             if self.ram_len + n + FRAME_OVERHEAD > len(self.ram):
                 self.drops += 1
@@ -237,6 +245,30 @@ class LaneLog:
         self.ram_count += 1
         self.count += 1
         return True
+
+    def evict_from_ram(self, evictable):
+        """Drop (and count) the oldest RAM record that ``evictable(envelope)``
+        allows, if none of the RAM tail was sent or acked yet (then nothing
+        points into it but offset 0, and it can be compacted). True if one went."""
+        if ((self.head_seg == _RAM and self.head_off) or (self.send_seg == _RAM and self.send_off)
+                or any(e[1] == _RAM for e in self.inflight)):
+            return False
+        ram = self.ram
+        mv = memoryview(ram)
+        p = 0
+        while p < self.ram_len:
+            n = ram[p + 1]
+            size = n + FRAME_OVERHEAD
+            if evictable(mv[p + 2:p + 2 + n]):
+                ram[p:self.ram_len - size] = mv[p + size:self.ram_len]
+                self.ram_len -= size
+                self.ram_count -= 1
+                self.count -= 1
+                self.drops += 1
+                self.evicted_from_ram += 1
+                return True
+            p += size
+        return False
 
     def may_flush(self, now_ms):
         """False while backing off after a failed flash append."""
@@ -530,11 +562,12 @@ class Outbox:
     def lane(self, is_alarm):
         return self.alarm if is_alarm else self.tele
 
-    def append(self, is_alarm, mv, n, now_ms):
+    def append(self, is_alarm, mv, n, now_ms, evictable=None):
         """Keep a record; False if it had to be dropped (flash failing; counted
-        in the lane's drops). Never raises for flash errors."""
+        in the lane's drops). Never raises for flash errors. ``evictable``:
+        which records in the lane's RAM tail may make room for this one."""
         lane = self.alarm if is_alarm else self.tele
-        if not lane.append(mv, n, now_ms, is_alarm):
+        if not lane.append(mv, n, now_ms, is_alarm, evictable):
             return False
         if is_alarm:
             lane.flush(now_ms)
