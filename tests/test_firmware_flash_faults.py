@@ -198,3 +198,15 @@ def test_when_only_critical_alarms_fill_ram_a_new_one_is_dropped_counted_and_log
     assert lane.drops > 0 and lane.evicted_from_ram == 0
     assert lane.ram_count + lane.drops == 12
     assert [ln for ln in board.logs if ln.startswith("E alarm 1 dropped")]
+
+
+def test_a_cursor_saved_after_a_failure_says_the_flash_writes_again(tmp_path):
+    """Online, records are acked from RAM and never flushed: the periodic cursor
+    save is then the write that shows the flash recovered."""
+    _, board, dev = make(tmp_path, params=FAST)
+    saved = fail_flash(board.store)
+    lane = dev.outbox.tele
+    lane.dirty = True
+    assert not lane.save_cursor() and dev.outbox.failing
+    board.store.append, board.store.write_atomic = saved
+    assert lane.save_cursor() and not dev.outbox.failing

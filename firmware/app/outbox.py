@@ -169,6 +169,7 @@ class LaneLog:
             self.dirty = True
             return False
         self.dirty = False
+        self.failing = False      # the flash takes writes again
         return True
 
     def _seg_name(self, sid):
