@@ -27,6 +27,7 @@ once it succeeds (no reboot loop).
 """
 
 import gc
+import struct
 from binascii import unhexlify
 
 from protocol import codec
@@ -574,9 +575,18 @@ class Device:
         the same result, without acting again. Older than the cache: no answer."""
         for e in self._done:
             if e[0] == cmd_epoch and e[1] == cmd_seq:
+                if self._ack_queued(cmd_epoch, cmd_seq):
+                    return True         # a burst of repeats: one answer waits already
                 self.log("I command %d.%d repeated: acked again -> %d" % (
                     cmd_epoch, cmd_seq, e[2]))
                 self._queue_ack(cmd_epoch, cmd_seq, e[2])
+                return True
+        return False
+
+    def _ack_queued(self, cmd_epoch, cmd_seq):
+        for rec in self._acks:
+            e, s = struct.unpack_from(">II", rec, HEADER_LEN)     # SPEC: ack body
+            if e == cmd_epoch and s == cmd_seq:
                 return True
         return False
 
