@@ -210,3 +210,24 @@ def test_a_cursor_saved_after_a_failure_says_the_flash_writes_again(tmp_path):
     assert not lane.save_cursor() and dev.outbox.failing
     board.store.append, board.store.write_atomic = saved
     assert lane.save_cursor() and not dev.outbox.failing
+
+
+def test_an_alarm_state_the_flash_refused_is_saved_once_it_takes_writes_again(tmp_path):
+    from firmware.app.state import AlarmState
+
+    key = provision(tmp_path / "flash", "wb-ff01", "wristband")
+    assert key
+    board = SimBoard(str(tmp_path / "flash"), clock=SimClock(unix_s=int(time.time())),
+                     link=NoLink())
+    dev = make_device(board, 0)
+    saved = fail_flash(board.store)
+    tr = Track()
+    board.inputs.set("strap", 1)                      # cut: the state write fails
+    for _ in range(4):
+        step(board, dev, 500, tr)
+    assert dev.alarm_active and not dev.alarm_state.saved
+    board.store.append, board.store.write_atomic = saved
+    for _ in range(24):                               # 12 s: one retry is due
+        step(board, dev, 500, tr)
+    assert dev.alarm_state.saved
+    assert AlarmState(board.store).active             # a reboot now keeps the alarm

@@ -62,6 +62,7 @@ IDLE_RETRY_MS = 60000
 # days). Once a second every stamp of the past is kept at most this old
 # (twice the longest period), so none can age into the wrap.
 STALE_MS = 2 * 86400 * 1000
+ALARM_STATE_RETRY_MS = 10000   # a refused alarm-state write is tried again this often
 POWER_OFF_GRACE_MS = 5000   # power off while connected: time for the alarm to be acked
 STABLE_SESSION_MS = 60000   # the reconnect backoff resets only after a session lasted this long
 _UART_CHUNK = 256
@@ -172,6 +173,7 @@ class Device:
         self._up_since = now_ms
         self._tls_reconnect = False
         self.alarm_state = AlarmState(b.store)
+        self._alarm_retry_at = now_ms
         self.alarm_active = self.alarm_state.active     # fast reporting survives a reboot
         self.records = 0
         self.errors = 0
@@ -304,6 +306,8 @@ class Device:
             self._fix_ms = ticks_add(now_ms, -STALE_MS)
         if ticks_diff(now_ms, self._net_next) > STALE_MS:
             self._net_next = ticks_add(now_ms, -STALE_MS)
+        if ticks_diff(now_ms, self._alarm_retry_at) > STALE_MS:
+            self._alarm_retry_at = ticks_add(now_ms, -STALE_MS)
         self.sampler.age_out(now_ms, STALE_MS)
         self.outbox.age_out(now_ms, STALE_MS)
 
@@ -683,6 +687,15 @@ class Device:
         if self.outbox.poll(now_ms) and self.trace:
             self._trace_flush()
         self._log_flash()
+        st = self.alarm_state
+        if not st.saved and ticks_diff(now_ms, self._alarm_retry_at) >= 0:
+            # a save the flash refused: retry, so that a reboot keeps the alarm
+            self._alarm_retry_at = ticks_add(now_ms, ALARM_STATE_RETRY_MS)
+            try:
+                st.save(st.active, st.strap)
+                self.log("I alarm state saved")
+            except OSError:
+                pass
 
     def shutdown(self, why):
         """Before a planned reboot or power off: RAM tail to flash."""

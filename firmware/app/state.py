@@ -127,6 +127,10 @@ class AlarmState:
             self.strap = data[1]
         self._saved = True
 
+    @property
+    def saved(self):
+        return self._saved
+
     def save(self, active, strap):
         """Write if changed (or not yet written); raises OSError."""
         if self._saved and active == self.active and strap == self.strap:
