@@ -126,8 +126,9 @@ class PppLink(TcpLink):
     """PPP over a 4G modem on a UART (AT dial, then network.PPP).
 
     A modem that was not registered yet, or lost its data call, is dialled
-    again after REDIAL_MS without a link (each dial blocks ~1 s: well inside
-    the watchdog period)."""
+    again after REDIAL_MS without a link. A redial blocks about 3 s (escape
+    guard times, hang-up, dial): inside the watchdog period, though the GNSS
+    UART's 1 KiB buffer may overflow meanwhile (a few sentences lost)."""
 
     REDIAL_MS = 120000
 
@@ -146,7 +147,8 @@ class PppLink(TcpLink):
             time.sleep_ms(1000)       # guard time, then "+++" back to command mode
             self.uart.write(b"+++")
             time.sleep_ms(1000)
-        for cmd in (b"AT\r", b'AT+CGDCONT=1,"IP","%s"\r' % self.apn, b"ATD*99#\r"):
+        for cmd in (b"AT\r", b"ATH\r", b'AT+CGDCONT=1,"IP","%s"\r' % self.apn,
+                    b"ATD*99#\r"):
             self.uart.write(cmd)
             time.sleep_ms(300)
             self.uart.read()
