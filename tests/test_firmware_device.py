@@ -482,3 +482,24 @@ def test_shutdown_with_the_window_full_drops_the_connection_so_the_will_goes_out
     dev.shutdown("test")
     assert not dev.mqtt.connected
     assert not transports[-1].sent.endswith(b"\xe0\x00")      # no DISCONNECT written
+
+
+def test_an_ack_lost_with_the_connection_is_sent_again_after_reconnecting(tmp_path):
+    from protocol.auth import Signer
+    from protocol.message import encode
+    from protocol.topics import KIND_CMD
+
+    link = SilentBrokerLink()                     # accepts the session, acks nothing
+    board, dev = make(tmp_path, link=link)
+    run(board, dev, 1, step_ms=100)
+    assert dev.mqtt.connected
+    cmd = encode(Signer("rec-d001", dev.test_key, 0), KIND_CMD, 5, 1, NOW,
+                 {"action": "locate_now", "params": {}})
+    dev._on_message(memoryview(b"ft/v1/rec-d001/cmd"), memoryview(cmd))
+    run(board, dev, 1, step_ms=100)
+    assert dev._acks == [] and len(dev._acks_out) == 1      # sent, not acknowledged
+    sent = dev._acks_out[next(iter(dev._acks_out))]
+    dev.mqtt.close("link lost")
+    assert dev._acks == [sent] and dev._acks_out == {}      # queued again, same record
+    dev._on_message(memoryview(b"ft/v1/rec-d001/cmd"), memoryview(cmd))   # redelivered
+    assert dev._acks == [sent]                              # one answer, not two

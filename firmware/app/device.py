@@ -155,6 +155,8 @@ class Device:
         self._hb = {"device_class": self.device_class, "fw_major": FW_VERSION[0],
                     "fw_minor": FW_VERSION[1], "fw_patch": FW_VERSION[2]}
         self._acks = []
+        self._acks_out = {}                  # tag -> ack sent, until its PUBACK
+        self._ack_ticket = 0
         self.acks_dropped = 0
         self._done = []                      # recent commands, to answer a repeat
         self._flash_logged = False
@@ -497,6 +499,13 @@ class Device:
 
     def _on_closed(self, reason):
         self.outbox.rewind()
+        if self._acks_out:
+            # acks sent but not acknowledged go again, oldest first (tags count down)
+            self._acks[:0] = [self._acks_out[t] for t in sorted(self._acks_out, reverse=True)]
+            self._acks_out = {}
+            while len(self._acks) > _ACK_QUEUE:
+                self._acks.pop(0)
+                self.acks_dropped += 1
         self._backoff(self.board.clock.ticks_ms(), reason)
 
     def _backoff(self, now_ms, reason):
@@ -513,7 +522,10 @@ class Device:
         self.log("W disconnected: %s; retry in %d ms" % (reason, delay))
 
     def _on_puback(self, tag):
-        if tag is None or tag < 0:
+        if tag is None or tag == -1:
+            return
+        if tag < -1:
+            self._acks_out.pop(tag, None)
             return
         lane = self.outbox.alarm if tag & 1 else self.outbox.tele
         lane.acked(tag >> 1)
@@ -521,8 +533,13 @@ class Device:
     def _send_pending(self):
         m = self.mqtt
         while self._acks and m.can_publish(40):
-            rec = self._acks.pop(0)
-            m.publish(self.topics[KIND_ACK], rec, len(rec), -1)
+            rec = self._acks[0]
+            self._ack_ticket += 1
+            tag = -1 - self._ack_ticket              # <= -2: an ack, kept until its PUBACK
+            if not m.publish(self.topics[KIND_ACK], rec, len(rec), tag):
+                break
+            self._acks.pop(0)
+            self._acks_out[tag] = rec
         buf = self._send
         for is_alarm in (1, 0):
             lane = self.outbox.alarm if is_alarm else self.outbox.tele
@@ -588,7 +605,8 @@ class Device:
         return False
 
     def _ack_queued(self, cmd_epoch, cmd_seq):
-        for rec in self._acks:
+        """An answer to this command waits to be sent, or to be acknowledged."""
+        for rec in self._acks + list(self._acks_out.values()):
             e, s = struct.unpack_from(">II", rec, HEADER_LEN)     # SPEC: ack body
             if e == cmd_epoch and s == cmd_seq:
                 return True
