@@ -422,23 +422,16 @@ def test_recorder_sos_stays_active_after_a_reboot(tmp_path):
     assert dev.alarm_active and len(kinds(dev, "alarm")) == 1
 
 
-class FlakyBrokerLink:
+class FlakyBrokerLink(RefusingLink):
     """Up; every session gets its CONNACK, then the broker closes it at once
     (while ``hangup``)."""
 
     signal = -70
 
     def __init__(self):
-        self.clock = None
-        self.attempts = []
+        super().__init__()
         self.hangup = True
         self.last = None
-
-    def up(self):
-        return True
-
-    def signal_dbm(self):
-        return self.signal
 
     def open(self, host, port, tls, timeout_ms):
         self.attempts.append(self.clock.ms)

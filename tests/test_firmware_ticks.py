@@ -9,7 +9,8 @@ from firmware.app import compat
 from firmware.app.factory import make_device
 from firmware.boards.sim import NoLink, SimBoard, SimClock
 from firmware.devtools import Track, provision
-from protocol.codec import decode
+
+from .test_firmware_device import records as all_records
 
 PERIOD = 1 << 30
 WEEK_MS = 7 * 86400 * 1000
@@ -62,18 +63,7 @@ def run(board, dev, ms, step_ms, track=None):
 
 
 def records(dev, kind):
-    out = []
-    buf = bytearray(140)
-    for lane in (dev.outbox.alarm, dev.outbox.tele):
-        lane.rewind()
-        while True:
-            n = lane.next_record(buf)
-            if not n:
-                break
-            if buf[0] & 0x0F == kind:
-                out.append(decode(bytes(buf[:n])))
-        lane.rewind()
-    return out
+    return [r for r in all_records(dev) if r.kind == kind]
 
 
 def test_compat_ticks_wrap_like_a_32_bit_port(esp32_ticks):
