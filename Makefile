@@ -44,9 +44,10 @@ bench: venv
 firmware: venv
 	$(BIN)/python -m firmware.build --board $(BOARD)
 
-# Deploy to a real board over USB (needs mpremote and hardware): see firmware/README.md
+# Deploy to a real board over USB (needs hardware): see firmware/README.md.
+# ROMFS=1 puts the code in the ROMFS partition, where it runs in place.
 flash: venv
-	$(BIN)/python -m firmware.flash --port $(PORT) --device $(DEVICE)
+	$(BIN)/python -m firmware.flash --port $(PORT) --device $(DEVICE) $(if $(ROMFS),--romfs)
 
 clean:
 	rm -rf build .pytest_cache .hypothesis

@@ -2,9 +2,14 @@
 
     python -m firmware.build --board esp32|unix [--out build/firmware]
 
-Output ``build/firmware/<board>/``: ``protocol/*.mpy``, ``firmware/**/*.mpy``
-and the board's entry point as source (``main.py`` on esp32, which the
-board runs at boot; ``main_unix.py`` on unix). Precompiled bytecode is what
+Output ``build/firmware/<board>/``: ``protocol/*.mpy``, ``firmware/**/*.mpy``,
+the board's entry point as source (``main.py`` on esp32, which the board
+runs at boot; ``main_unix.py`` on unix) and ``firmware.romfs``, the same
+``.mpy`` files as a ROMFS image (MicroPython's read-only filesystem, mounted
+at ``/rom``). From a memory-mapped ROMFS partition the bytecode runs in
+place instead of being copied into the heap, which roughly halves the heap
+the code takes (bench/README.md, "Firmware code in the heap");
+``make flash ROMFS=1`` deploys it. Precompiled bytecode is what
 makes the firmware fit a small heap: compiling the sources on the device
 needs more RAM than running them (the unix port under ``-X heapsize=64k``
 cannot import the sources, it runs this build). The ``.mpy`` version must
@@ -53,6 +58,34 @@ def sources(board):
     return out
 
 
+ROMFS_NAME = "firmware.romfs"
+
+
+def romfs_image(root, top_dirs):
+    """A ROMFS image of ``root``'s ``top_dirs`` (``.mpy`` files), as
+    ``mpremote romfs deploy`` writes to a board's ROM partition."""
+    try:
+        from mpremote.romfs import VfsRomWriter
+    except ImportError:
+        raise SystemExit("mpremote not found (it writes the ROMFS image): pip install mpremote")
+    writer = VfsRomWriter()
+
+    def add_dir(path):
+        for entry in sorted(path.iterdir()):
+            if entry.is_dir():
+                writer.opendir(entry.name)
+                add_dir(entry)
+                writer.closedir()
+            elif entry.suffix == ".mpy":
+                writer.mkfile(entry.name, entry.read_bytes())
+
+    for name in top_dirs:
+        writer.opendir(name)
+        add_dir(Path(root) / name)
+        writer.closedir()
+    return writer.finalise()
+
+
 def build(board, out_root):
     if board not in BOARDS:
         raise SystemExit("unknown board %r: one of %s" % (board, ", ".join(BOARDS)))
@@ -67,6 +100,9 @@ def build(board, out_root):
         subprocess.run([tool, "-O1", "-s", src, "-o", str(target), str(ROOT / src)],
                        check=True, cwd=str(ROOT))
         built.append(target)
+    image = dest / ROMFS_NAME
+    image.write_bytes(romfs_image(dest, ("firmware", "protocol")))
+    built.append(image)
     entry_src, entry_name = ENTRY[board]
     shutil.copyfile(ROOT / entry_src, dest / entry_name)
     built.append(dest / entry_name)

@@ -1,10 +1,16 @@
 """Deploy to an ESP32 with mpremote: ``make flash PORT=/dev/ttyUSB0 DEVICE=rec-0001``.
 
     python -m firmware.flash --port /dev/ttyUSB0 --device rec-0001
-        [--devices devices] [--build build/firmware/esp32] [--dry-run]
+        [--devices devices] [--build build/firmware/esp32] [--romfs] [--dry-run]
 
 Copies the esp32 build (``make firmware BOARD=esp32``) to the board's
-flash root and the device's provisioning files to ``/data``:
+flash root and the device's provisioning files to ``/data``. With
+``--romfs`` (``make flash ROMFS=1``) the code goes into the board's ROMFS
+partition instead (``mpremote romfs deploy``), where it runs in place and
+leaves ~40 % of the heap it takes as ``.mpy`` files on littlefs (figures
+in bench/README.md); it needs a MicroPython >= 1.25 built with a ROMFS
+partition, and the code copies from an earlier flash are removed so that
+they cannot shadow it:
 
     devices/<id>/config.json   -> :/data/config.json
     devices/<id>/key.hex       -> :/data/key.hex     (or key.bin, 32 bytes)
@@ -23,6 +29,8 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
+
+from firmware.build import ROMFS_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,7 +66,7 @@ def check_device_dir(d, device_id):
         raise SystemExit("%s must hold 64 hex digits" % key_path)
 
 
-def commands(port, device_id, devices_dir, build_dir):
+def commands(port, device_id, devices_dir, build_dir, romfs=False):
     """The mpremote invocations, in order."""
     d = Path(devices_dir) / device_id
     check_device_dir(d, device_id)
@@ -66,9 +74,17 @@ def commands(port, device_id, devices_dir, build_dir):
     if not (build / "main.py").is_file():
         raise SystemExit("no esp32 build in %s: run make firmware BOARD=esp32" % build)
     base = ["mpremote", "connect", port]
-    cmds = [base + ["fs", "mkdir", ":/data"],
-            base + ["fs", "cp", "-r", str(build / "protocol"), ":"],
-            base + ["fs", "cp", "-r", str(build / "firmware"), ":"]]
+    cmds = [base + ["fs", "mkdir", ":/data"]]
+    if romfs:
+        image = build / ROMFS_NAME
+        if not image.is_file():
+            raise SystemExit("no ROMFS image in %s: run make firmware BOARD=esp32" % build)
+        cmds += [base + ["romfs", "deploy", str(image)],
+                 base + ["fs", "rm", "-r", ":/protocol"],
+                 base + ["fs", "rm", "-r", ":/firmware"]]
+    else:
+        cmds += [base + ["fs", "cp", "-r", str(build / "protocol"), ":"],
+                 base + ["fs", "cp", "-r", str(build / "firmware"), ":"]]
     extras = sorted(p for p in d.iterdir()
                     if p.name in ("config.json", "key.hex", "key.bin", "board.json")
                     or p.suffix == ".der")
@@ -90,15 +106,17 @@ def main(argv=None):
     ap.add_argument("--device", required=True)
     ap.add_argument("--devices", default=str(ROOT / "devices"))
     ap.add_argument("--build", default=str(ROOT / "build" / "firmware" / "esp32"))
+    ap.add_argument("--romfs", action="store_true",
+                    help="deploy the code to the ROMFS partition (runs in place)")
     ap.add_argument("--dry-run", action="store_true")
     args = ap.parse_args(argv)
-    for cmd in commands(args.port, args.device, args.devices, args.build):
+    for cmd in commands(args.port, args.device, args.devices, args.build, args.romfs):
         print(" ".join(shlex.quote(c) for c in cmd))
         if args.dry_run:
             continue
         res = subprocess.run(cmd)
         if res.returncode != 0 and cmd[3:5] not in (["fs", "mkdir"], ["fs", "rm"]):
-            # /data may exist already; the other key form may not
+            # /data may exist already; the other key form and old code copies may not
             sys.exit(res.returncode)
 
 

@@ -111,3 +111,32 @@ def test_flash_refuses_a_hex_key_with_spaces(tmp_path):
     (tmp_path / "devices" / "rec-0001" / "key.hex").write_text(spaced)
     with pytest.raises(SystemExit, match="64 hex digits"):
         commands("/dev/ttyUSB0", "rec-0001", tmp_path / "devices", dest)
+
+
+def test_build_writes_a_romfs_image_of_the_code(tmp_path):
+    dest, built = build("unix", tmp_path)
+    image = dest / "firmware.romfs"
+    assert image in built and image.read_bytes()[:3] == b"\xd2\xcd\x31"   # ROMFS header
+    mpys = [p for p in built if p.suffix == ".mpy"]
+    blob = image.read_bytes()
+    # every compiled module is in the image, byte for byte
+    assert all(p.read_bytes() in blob for p in mpys)
+
+
+def test_flash_plan_with_romfs_deploys_the_image_and_removes_old_code_copies(tmp_path):
+    dest, _ = build("esp32", tmp_path / "build")
+    provision(tmp_path / "devices" / "rec-0001", "rec-0001")
+    flat = [" ".join(c) for c in commands("/dev/ttyUSB0", "rec-0001", tmp_path / "devices",
+                                          dest, romfs=True)]
+    assert "mpremote connect /dev/ttyUSB0 romfs deploy %s" % (dest / "firmware.romfs") in flat
+    assert not any(" cp -r " in c for c in flat)              # no .mpy copies on littlefs
+    assert "mpremote connect /dev/ttyUSB0 fs rm -r :/firmware" in flat
+    assert any(":/data/config.json" in c for c in flat) and flat[-1].endswith("reset")
+
+
+def test_flash_with_romfs_refuses_a_build_without_the_image(tmp_path):
+    dest, _ = build("esp32", tmp_path / "build")
+    (dest / "firmware.romfs").unlink()
+    provision(tmp_path / "devices" / "rec-0001", "rec-0001")
+    with pytest.raises(SystemExit, match="no ROMFS image"):
+        commands("/dev/ttyUSB0", "rec-0001", tmp_path / "devices", dest, romfs=True)

@@ -205,6 +205,39 @@ def test_small_heap_connect_backlog_flush_and_long_run(tmp_path, broker, kind, f
     assert peak - code < 64 * 1024, stats          # the data working set
 
 
+def test_firmware_runs_from_its_romfs_image(tmp_path, broker, firmware_build):
+    """The ROMFS image that `make flash ROMFS=1` deploys holds the whole
+    firmware: with only the entry point and the image, the device boots from
+    /rom and its records verify."""
+    did = "mp-romfs-1"
+    key = provision(tmp_path / "flash", did, "recorder", port=broker.port, params=FAST)
+    only_image = tmp_path / "image"
+    only_image.mkdir()
+    (only_image / "main_unix.py").write_bytes((firmware_build / "main_unix.py").read_bytes())
+    col = Collector(broker.port, "ft/v1/%s/#" % did)
+    try:
+        with UnixDevice(tmp_path / "flash", build_dir=only_image,
+                        extra_args=("--romfs", str(firmware_build / "firmware.romfs"))) as dev:
+            dev.wait_line("I connected", 15)
+            track = Track()
+            feed_for(dev, 4, track, until=lambda: len(telemetry_order(col.messages, did)) >= 2)
+            col.wait(lambda m: len(telemetry_order(m, did)) >= 2, 10)
+    finally:
+        col.close()
+    assert len(check_stream(col.messages, did, key)) >= 2
+
+
+def test_an_unusable_romfs_image_is_refused_with_the_reason(tmp_path, firmware_build):
+    bad = tmp_path / "bad.romfs"
+    bad.write_bytes(b"not a romfs image")
+    for image, reason in ((bad, "is not a ROMFS image"), (tmp_path / "missing", "cannot read")):
+        res = subprocess.run([str(ROOT / ".venv" / "bin" / "micropython"),
+                              str(firmware_build / "main_unix.py"), "--romfs", str(image)],
+                             capture_output=True, timeout=30,
+                             env={"MICROPYPATH": str(firmware_build)})
+        assert res.returncode == 2 and reason.encode() in res.stdout, res.stdout
+
+
 SMALL_HEAP = os.environ.get("FT_SMALL_HEAP", "192k")
 
 
