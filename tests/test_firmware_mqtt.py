@@ -3,6 +3,7 @@
 import pytest
 
 from firmware.app.mqtt import CONNECTED, IDLE, MqttClient
+from tests.mqtt_packets import publish_packet
 
 
 class Pipe:
@@ -140,24 +141,11 @@ def test_connect_times_out_when_transport_never_opens():
     assert closed == ["connect timeout"]
 
 
-def publish_packet(topic: bytes, payload: bytes, pid: int) -> bytes:
-    body = len(topic).to_bytes(2, "big") + topic + pid.to_bytes(2, "big") + payload
-    n = len(body)
-    rl = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        rl.append(b | (0x80 if n else 0))
-        if not n:
-            break
-    return b"\x32" + bytes(rl) + body
-
-
 def test_oversize_publish_is_acked_and_dropped_not_redelivered_forever():
     c, pipe, ev = connected()
     pipe.out.clear()
-    pipe.inq += publish_packet(b"ft/v1/dev-1/cert", b"x" * 3000, 7)
-    pipe.inq += publish_packet(b"ft/v1/dev-1/cmd", b"next", 8)
+    pipe.inq += publish_packet(b"ft/v1/dev-1/cert", b"x" * 3000, 7, qos=1)
+    pipe.inq += publish_packet(b"ft/v1/dev-1/cmd", b"next", 8, qos=1)
     for t in range(1, 10):
         c.poll(t)
     assert c.state == CONNECTED and c.oversize == 1
@@ -175,6 +163,6 @@ def test_oversize_packet_of_another_type_closes_the_session():
 def test_publish_just_under_the_buffer_is_delivered_whole():
     c, pipe, ev = connected()
     payload = b"y" * 900
-    pipe.inq += publish_packet(b"ft/v1/dev-1/cert", payload, 9)
+    pipe.inq += publish_packet(b"ft/v1/dev-1/cert", payload, 9, qos=1)
     c.poll(1)
     assert ev["msgs"] == [(b"ft/v1/dev-1/cert", payload)]

@@ -17,21 +17,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from gateway.fastpaho import FastClient, Publish, split_publishes
 from gateway.pki import Pki
 from simulators.mosquitto import Mosquitto, free_port
-
-
-def remaining_length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def publish_packet(topic: bytes, payload: bytes, mid: int, qos: int) -> bytes:
-    var = len(topic).to_bytes(2, "big") + topic + (mid.to_bytes(2, "big") if qos else b"")
-    return bytes([0x30 | qos << 1]) + remaining_length(len(var) + len(payload)) + var + payload
+from tests.mqtt_packets import publish_packet
 
 
 publishes = st.lists(st.tuples(st.binary(min_size=1, max_size=40), st.binary(max_size=300),
