@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from firmware.build import build  # noqa: E402
-from firmware.devtools import micropython_binary  # noqa: E402
+from firmware.devtools import ROOT, micropython_binary  # noqa: E402
 
 MODULES = [
     "protocol.errors", "protocol.topics", "protocol.mac", "protocol.codec", "protocol.auth",
@@ -60,6 +60,8 @@ for m in %(modules)r:
     print("module %%s %%d" %% (m, now - prev))
     prev = now
 print("total firmware %%d" %% (prev - start))
+import micropython
+micropython.qstr_info()
 """
 
 # One fresh process per shape: interned names go into qstr pools that grow in
@@ -83,6 +85,28 @@ def run(script: Path, cwd: str) -> list[str]:
     return out.stdout.splitlines()
 
 
+def source_counts() -> tuple[int, int, int]:
+    """Functions (and methods), classes and distinct string constants
+    (docstrings left out: mpy-cross drops them) in the imported modules."""
+    import ast
+
+    functions = classes = 0
+    strings: set[str] = set()
+    for m in MODULES:
+        tree = ast.parse((ROOT / (m.replace(".", "/") + ".py")).read_text())
+        docs = set()
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef)) and node.body:
+                first = node.body[0]
+                if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                    docs.add(id(first.value))
+            functions += isinstance(node, ast.FunctionDef)
+            classes += isinstance(node, ast.ClassDef)
+        strings |= {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant)
+                    and isinstance(n.value, str) and id(n) not in docs}
+    return functions, classes, len(strings)
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="heap-anatomy-") as tmp:
         work = Path(tmp)
@@ -95,6 +119,9 @@ def main() -> None:
         script = work / "anatomy.py"
         script.write_text(SCRIPT % {"build": str(fw), "modules": MODULES})
         lines = run(script, tmp)
+        functions, classes, strings = source_counts()
+        print("source: %d functions and methods, %d classes, %d distinct string constants"
+              % (functions, classes, strings))
         for i in range(len(names)):
             one = work / ("shape_run%d.py" % i)
             one.write_text(SHAPE_SCRIPT % {"shapes": str(shapes), "i": i})
@@ -107,6 +134,9 @@ def main() -> None:
                 print("  %-28s %7.1f KiB" % (label, int(value) / 1024))
             elif kind == "total":
                 print("  %-28s %7.1f KiB" % ("all firmware modules", int(value) / 1024))
+            elif kind == "qstr":
+                # n_qstr=..., n_str_data_bytes=..., n_total_bytes=... after all imports
+                print("  interned names (qstr pools): %s" % rest)
             else:
                 shape = names[int(label)]
                 print("  %-46s %6d B  (%d B each)" % (shape, int(value), int(value) // 100))

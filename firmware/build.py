@@ -59,11 +59,14 @@ def sources(board):
 
 
 ROMFS_NAME = "firmware.romfs"
+ROMFS_COMPLETE = "fieldtrace.complete"   # the image's last entry; main_esp32.py checks it
 
 
 def romfs_image(root, top_dirs):
     """A ROMFS image of ``root``'s ``top_dirs`` (``.mpy`` files), as
-    ``mpremote romfs deploy`` writes to a board's ROM partition."""
+    ``mpremote romfs deploy`` writes to a board's ROM partition. Its last
+    entry is ``ROMFS_COMPLETE``: mpremote writes the partition from the
+    start, so a deploy that was cut off lacks it."""
     try:
         from mpremote.romfs import VfsRomWriter
     except ImportError:
@@ -83,6 +86,7 @@ def romfs_image(root, top_dirs):
         writer.opendir(name)
         add_dir(Path(root) / name)
         writer.closedir()
+    writer.mkfile(ROMFS_COMPLETE, b"1")
     return writer.finalise()
 
 

@@ -9,8 +9,9 @@ flash root and the device's provisioning files to ``/data``. With
 partition instead (``mpremote romfs deploy``), where it runs in place and
 leaves ~40 % of the heap it takes as ``.mpy`` files on littlefs (figures
 in bench/README.md); it needs a MicroPython >= 1.25 built with a ROMFS
-partition, and the code copies from an earlier flash are removed so that
-they cannot shadow it:
+partition. The ``.mpy`` copies of an earlier plain flash are removed after
+the image is written, because littlefs comes first on ``sys.path`` and
+they would shadow it:
 
     devices/<id>/config.json   -> :/data/config.json
     devices/<id>/key.hex       -> :/data/key.hex     (or key.bin, 32 bytes)

@@ -1,24 +1,37 @@
-"""Boot entry on an ESP32 (copied to the board as main.py by make flash)."""
+"""Boot entry on an ESP32 (copied to the board as main.py by make flash).
+
+Where the code comes from: ``make flash`` copies ``.mpy`` files to littlefs
+(``/firmware``, ``/protocol``), which come first on ``sys.path`` (``''`` is
+``/``); ``make flash ROMFS=1`` writes them to the ROMFS partition and removes
+the littlefs copies, so imports fall through to ``/rom``, where the code runs
+in place. A later plain flash puts copies back on littlefs, and they win.
+"""
 
 import sys
 
+ROMFS_COMPLETE = "/rom/fieldtrace.complete"     # last entry of the image (firmware/build.py)
 
-def _prefer_rom():
-    # Code deployed to the ROMFS partition (make flash ROMFS=1) runs in place
-    # from flash; put it ahead of the current directory so that .mpy copies
-    # left on littlefs by an earlier flash cannot shadow it.
+
+def _code_found():
+    import os
     try:
-        import os
-        os.stat("/rom/firmware")
-    except (ImportError, OSError):
-        return
-    if "/rom" in sys.path:
-        sys.path.remove("/rom")
-    sys.path.insert(0, "/rom")
+        os.stat("/firmware")
+        return True
+    except OSError:
+        pass
+    try:
+        # mpremote writes the partition from its start: an image whose deploy
+        # was cut off lacks its last entry, and half an image must not run
+        os.stat(ROMFS_COMPLETE)
+    except OSError:
+        print("E no firmware on littlefs and no complete ROMFS image: flash again")
+        return False
+    if "/rom" not in sys.path:
+        sys.path.append("/rom")
+    return True
 
 
-_prefer_rom()
+if _code_found():
+    from firmware.boards.esp32 import main
 
-from firmware.boards.esp32 import main  # noqa: E402
-
-main()
+    main()

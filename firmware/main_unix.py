@@ -23,15 +23,23 @@ def _add_root():
 def _mount_romfs(argv):
     """Take ``--romfs IMAGE`` out of ``argv`` and mount the image; False if
     the image is unusable (said on stdout, with the reason)."""
-    if "--romfs" not in argv:
+    path = None
+    for i, arg in enumerate(argv):
+        if arg.startswith("--romfs="):
+            path = arg[8:]
+            del argv[i]
+            break
+        if arg == "--romfs":
+            if i + 1 >= len(argv):
+                print("E romfs: --romfs needs an image path")
+                return False
+            path = argv[i + 1]
+            del argv[i:i + 2]
+            break
+    if path is None:
         return True
-    i = argv.index("--romfs")
-    if i + 1 >= len(argv):
-        print("E romfs: --romfs needs an image path")
-        return False
-    path = argv[i + 1]
-    del argv[i:i + 2]
     try:
+        import os
         import vfs
         rom = vfs.VfsRom
     except (ImportError, AttributeError):
@@ -47,6 +55,11 @@ def _mount_romfs(argv):
         vfs.mount(rom(image), "/rom")
     except OSError as e:
         print("E romfs: %s is not a ROMFS image (%s)" % (path, e))
+        return False
+    try:
+        os.stat("/rom/fieldtrace.complete")       # the image's last entry (firmware/build.py)
+    except OSError:
+        print("E romfs: %s is not a complete fieldtrace image" % path)
         return False
     sys.path.insert(0, "/rom")      # ahead of the build directory
     return True

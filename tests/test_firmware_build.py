@@ -120,7 +120,9 @@ def test_build_writes_a_romfs_image_of_the_code(tmp_path):
     mpys = [p for p in built if p.suffix == ".mpy"]
     blob = image.read_bytes()
     # every compiled module is in the image, byte for byte
-    assert all(p.read_bytes() in blob for p in mpys)
+    assert mpys and all(p.read_bytes() in blob for p in mpys)
+    # the completion mark is written last: a deploy cut short lacks it
+    assert blob.rindex(b"fieldtrace.complete") > max(blob.index(p.read_bytes()) for p in mpys)
 
 
 def test_flash_plan_with_romfs_deploys_the_image_and_removes_old_code_copies(tmp_path):
@@ -128,9 +130,12 @@ def test_flash_plan_with_romfs_deploys_the_image_and_removes_old_code_copies(tmp
     provision(tmp_path / "devices" / "rec-0001", "rec-0001")
     flat = [" ".join(c) for c in commands("/dev/ttyUSB0", "rec-0001", tmp_path / "devices",
                                           dest, romfs=True)]
-    assert "mpremote connect /dev/ttyUSB0 romfs deploy %s" % (dest / "firmware.romfs") in flat
+    deploy = flat.index("mpremote connect /dev/ttyUSB0 romfs deploy %s"
+                        % (dest / "firmware.romfs"))
     assert not any(" cp -r " in c for c in flat)              # no .mpy copies on littlefs
-    assert "mpremote connect /dev/ttyUSB0 fs rm -r :/firmware" in flat
+    # the old copies (which would shadow the image) go only once the image is written
+    for tree in (":/firmware", ":/protocol"):
+        assert flat.index("mpremote connect /dev/ttyUSB0 fs rm -r " + tree) > deploy
     assert any(":/data/config.json" in c for c in flat) and flat[-1].endswith("reset")
 
 

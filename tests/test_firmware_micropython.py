@@ -228,14 +228,25 @@ def test_firmware_runs_from_its_romfs_image(tmp_path, broker, firmware_build):
 
 
 def test_an_unusable_romfs_image_is_refused_with_the_reason(tmp_path, firmware_build):
+    from mpremote.romfs import VfsRomWriter
+
     bad = tmp_path / "bad.romfs"
     bad.write_bytes(b"not a romfs image")
-    for image, reason in ((bad, "is not a ROMFS image"), (tmp_path / "missing", "cannot read")):
+    cut = tmp_path / "cut.romfs"          # a deploy cut short: no completion mark
+    writer = VfsRomWriter()
+    writer.opendir("firmware")
+    writer.mkfile("__init__.mpy", (firmware_build / "firmware" / "__init__.mpy").read_bytes())
+    writer.closedir()
+    cut.write_bytes(writer.finalise())
+    for args, reason in ((("--romfs", str(bad)), "is not a ROMFS image"),
+                         (("--romfs=%s" % (tmp_path / "missing"),), "cannot read"),
+                         (("--romfs", str(cut)), "is not a complete fieldtrace image"),
+                         (("--romfs",), "needs an image path")):
         res = subprocess.run([str(ROOT / ".venv" / "bin" / "micropython"),
-                              str(firmware_build / "main_unix.py"), "--romfs", str(image)],
+                              str(firmware_build / "main_unix.py"), *args],
                              capture_output=True, timeout=30,
                              env={"MICROPYPATH": str(firmware_build)})
-        assert res.returncode == 2 and reason.encode() in res.stdout, res.stdout
+        assert res.returncode == 2 and reason.encode() in res.stdout, (args, res.stdout)
 
 
 SMALL_HEAP = os.environ.get("FT_SMALL_HEAP", "192k")
