@@ -111,14 +111,50 @@ def test_replay_with_a_forged_tag_is_never_answered(device):
     assert device._acks == [] and device.gate.last_reason.startswith("bad_signature")
 
 
-def test_replay_is_refused_after_a_reboot_too(device, tmp_path):
-    cmd = command(device.test_key, 1, {"action": "locate_now", "params": {}})
-    deliver(device, cmd)
+def reboot(device, tmp_path):
+    """The same flash booted again."""
     board = SimBoard(str(tmp_path / "flash"), clock=SimClock(unix_s=int(time.time())),
                      link=NoLink())
     again = make_device(board, 0)
+    again.test_key = device.test_key
+    return again
+
+
+def test_replay_after_a_reboot_is_refused_but_answered_with_the_first_result(device, tmp_path):
+    """The reboot command's own ack can be lost in the reboot: the gateway's
+    repeat is answered, and the device does not reboot again."""
+    cmd = command(device.test_key, 1, {"action": "reboot", "params": {}})
+    deliver(device, cmd)
+    again = reboot(device, tmp_path)
     deliver(again, cmd)
+    assert again.gate.refused == 1 and again.reboot_at is None          # not executed
+    assert acks(again) == [{"cmd_epoch": 5, "cmd_seq": 1, "result": "ok"}]
+
+
+def test_a_repeat_older_than_the_saved_results_is_refused_unanswered_after_a_reboot(
+        device, tmp_path):
+    first = command(device.test_key, 1, {"action": "locate_now", "params": {}})
+    deliver(device, first)
+    for seq in range(2, 11):                     # 9 more: the first one is evicted
+        deliver(device, command(device.test_key, seq, {"action": "locate_now", "params": {}}))
+    again = reboot(device, tmp_path)
+    deliver(again, first)
     assert again._acks == [] and again.gate.refused == 1
+
+
+def test_a_result_the_flash_refuses_is_still_acked_and_answers_repeats_until_reboot(device):
+    def refuse(name, data):
+        raise OSError(28, "no space")
+    window_write = device.board.store.write_atomic
+    device.board.store.write_atomic = lambda name, data: (
+        refuse(name, data) if name == "cmddone" else window_write(name, data))
+    cmd = command(device.test_key, 1, {"action": "locate_now", "params": {}})
+    deliver(device, cmd)
+    assert acks(device) == [{"cmd_epoch": 5, "cmd_seq": 1, "result": "ok"}]
+    assert any("W command result not saved" in ln for ln in device.board.logs)
+    device._acks.clear()                         # sent
+    deliver(device, cmd)
+    assert acks(device) == [{"cmd_epoch": 5, "cmd_seq": 1, "result": "ok"}]
 
 
 def test_command_for_another_device_is_refused(device):
@@ -223,3 +259,16 @@ def records_key_ids(dev):
         out.append(decode(bytes(buf[:n])).key_id)
     lane.rewind()
     return out
+
+
+def test_a_command_replaces_two_files_and_set_params_three(device):
+    """Replay window before acting, result after; set_params also its params.
+    A replacement is two flash writes (the new file, the rename)."""
+    store = device.board.store
+    before = store.writes
+    deliver(device, command(device.test_key, 1, {"action": "locate_now", "params": {}}))
+    assert store.writes - before == 2 * 2
+    before = store.writes
+    deliver(device, command(device.test_key, 2, {"action": "set_params",
+                                                 "params": {"gps_period_s": 20}}))
+    assert store.writes - before == 3 * 2

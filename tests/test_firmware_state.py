@@ -5,7 +5,9 @@ import struct
 
 import pytest
 
-from firmware.app.state import AlarmState, CommandWindow, RecordCounter, StateError
+from firmware.app.state import (
+    AlarmState, CommandWindow, RecentCommands, RecordCounter, StateError,
+)
 from firmware.app.store import FlashStore
 from protocol.replay import ReplayWindow
 
@@ -81,3 +83,25 @@ def test_alarm_state_round_trips_and_a_corrupt_file_reads_as_none(tmp_path):
     raw[0] ^= 1
     store.write_atomic("alarm", bytes(raw))
     assert (AlarmState(store).active, AlarmState(store).strap) == (False, 0)
+
+
+def test_recent_command_results_survive_a_reboot_and_keep_the_last_eight(tmp_path):
+    store = FlashStore(str(tmp_path))
+    recent = RecentCommands(store)
+    for seq in range(1, 11):
+        recent.add(5, seq, seq % 4)
+    again = RecentCommands(FlashStore(str(tmp_path)))
+    assert again.result_of(5, 10) == 2 and again.result_of(5, 3) == 3
+    assert again.result_of(5, 2) is None and len(again.entries) == 8
+
+
+def test_corrupt_recent_commands_file_reads_as_empty_not_a_crash(tmp_path):
+    store = FlashStore(str(tmp_path))
+    RecentCommands(store).add(5, 1, 0)
+    raw = bytearray((tmp_path / "cmddone").read_bytes())
+    raw[3] ^= 1
+    (tmp_path / "cmddone").write_bytes(bytes(raw))
+    assert RecentCommands(store).entries == []
+    for junk in (b"", b"\x00" * 3, os.urandom(200)):
+        (tmp_path / "cmddone").write_bytes(junk)
+        assert RecentCommands(store).entries == []

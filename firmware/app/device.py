@@ -51,7 +51,9 @@ from firmware.app.mqtt import IDLE, MqttClient
 from firmware.app.nmea import NmeaParser
 from firmware.app.outbox import Outbox
 from firmware.app.sampler import Sampler
-from firmware.app.state import AlarmState, CommandWindow, RecordCounter, StateError
+from firmware.app.state import (
+    AlarmState, CommandWindow, RecentCommands, RecordCounter, StateError,
+)
 from firmware.app.watchdog import TaskMonitor
 
 TASKS = ("gnss", "inputs", "sampler", "net", "store")
@@ -76,7 +78,6 @@ _MINOR_ALARMS = (ALARM_CODES["low_battery"], ALARM_CODES["recording_started"],
 
 def _minor_alarm(envelope):
     return envelope[HEADER_LEN] in _MINOR_ALARMS
-_DONE_CACHE = 8             # (cmd epoch, cmd seq, result) of recent commands; oldest evicted
 
 
 class Device:
@@ -158,7 +159,7 @@ class Device:
         self._acks_out = {}                  # tag -> ack sent, until its PUBACK
         self._ack_ticket = 0
         self.acks_dropped = 0
-        self._done = []                      # recent commands, to answer a repeat
+        self._done = RecentCommands(b.store)  # recent results, to answer a repeat
         self._flash_logged = False
         self.reset_cause = b.reset_cause()
         self.uptime_s = 0                    # accumulated: ticks wrap, seconds do not
@@ -586,23 +587,24 @@ class Device:
 
     def _command_done(self, cmd_epoch, cmd_seq, result):
         """Ack a command and remember its result for a repeat (bounded)."""
-        if len(self._done) >= _DONE_CACHE:
-            self._done.pop(0)
-        self._done.append((cmd_epoch, cmd_seq, result))
+        try:
+            self._done.add(cmd_epoch, cmd_seq, result)
+        except OSError as e:
+            # only a repeat after a reboot goes unanswered: the ack itself goes out
+            self.log("W command result not saved: %s" % e)
         self._queue_ack(cmd_epoch, cmd_seq, result)
 
     def _ack_again(self, cmd_epoch, cmd_seq):
         """An authentic repeat of a command (its ack was lost): answer it with
         the same result, without acting again. Older than the cache: no answer."""
-        for e in self._done:
-            if e[0] == cmd_epoch and e[1] == cmd_seq:
-                if self._ack_queued(cmd_epoch, cmd_seq):
-                    return True         # a burst of repeats: one answer waits already
-                self.log("I command %d.%d repeated: acked again -> %d" % (
-                    cmd_epoch, cmd_seq, e[2]))
-                self._queue_ack(cmd_epoch, cmd_seq, e[2])
-                return True
-        return False
+        result = self._done.result_of(cmd_epoch, cmd_seq)
+        if result is None:
+            return False
+        if self._ack_queued(cmd_epoch, cmd_seq):
+            return True                 # a burst of repeats: one answer waits already
+        self.log("I command %d.%d repeated: acked again -> %d" % (cmd_epoch, cmd_seq, result))
+        self._queue_ack(cmd_epoch, cmd_seq, result)
+        return True
 
     def _ack_queued(self, cmd_epoch, cmd_seq):
         """An answer to this command waits to be sent, or to be acknowledged."""

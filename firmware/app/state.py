@@ -19,6 +19,9 @@ clear_alarm) and the strap state last reported live in ``alarm`` (active
 u8, strap u8, 2 zero bytes, crc32), replaced atomically when they change:
 a reboot keeps fast reporting, and a strap cut while the device was off is
 reported at the next boot.
+
+Recent commands. The results of the last 8 commands live in ``cmddone``
+so that an authentic repeat is answered after a reboot too.
 """
 
 import struct
@@ -110,6 +113,40 @@ class CommandWindow:
         raw = window.to_bytes()
         if raw:
             self._store.write_atomic(self.NAME, raw + struct.pack(">I", _crc(raw)))
+
+
+class RecentCommands:
+    """The results of the last few commands, kept across reboots: a repeat
+    of a command whose ack was lost (in a reboot the command itself caused,
+    say) is answered with the first result, not with silence. ``cmddone``
+    holds up to SIZE (epoch u32, seq u32, result u8) and a crc32."""
+
+    NAME = "cmddone"
+    SIZE = 8
+
+    def __init__(self, store):
+        self._store = store
+        self.entries = []
+        data = store.read(self.NAME, 9 * self.SIZE + 4)
+        if (data and len(data) % 9 == 4
+                and _crc(data[:-4]) == struct.unpack(">I", data[-4:])[0]):
+            for off in range(0, len(data) - 4, 9):
+                self.entries.append(struct.unpack_from(">IIB", data, off))
+
+    def add(self, epoch, seq, result):
+        """Remember a result (oldest evicted). Raises OSError if the flash
+        refuses; the entry is kept in RAM all the same."""
+        if len(self.entries) >= self.SIZE:
+            self.entries.pop(0)
+        self.entries.append((epoch, seq, result))
+        raw = b"".join(struct.pack(">IIB", e, s, r) for e, s, r in self.entries)
+        self._store.write_atomic(self.NAME, raw + struct.pack(">I", _crc(raw)))
+
+    def result_of(self, epoch, seq):
+        for e, s, r in self.entries:
+            if e == epoch and s == seq:
+                return r
+        return None
 
 
 class AlarmState:
