@@ -69,6 +69,8 @@ _add_root()
 _args = sys.argv[1:]
 if not _mount_romfs(_args):
     sys.exit(2)
+# this file is compiled on the device: drop the boot helpers' code from the heap
+del _add_root, _mount_romfs
 
 from firmware.boards.unix import main  # noqa: E402
 
