@@ -36,16 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from firmware.build import ROMFS_NAME, build  # noqa: E402
 from firmware.devtools import ROOT, micropython_binary  # noqa: E402
 
-MODULES = [
-    "protocol.errors", "protocol.topics", "protocol.mac", "protocol.codec", "protocol.auth",
-    "protocol.replay", "protocol.verify", "protocol.bundle",
-    "firmware.app.compat", "firmware.app.config", "firmware.app.store", "firmware.app.state",
-    "firmware.app.outbox", "firmware.app.mqtt", "firmware.app.nmea", "firmware.app.sampler",
-    "firmware.app.watchdog", "firmware.app.commands", "firmware.app.inputs",
-    "firmware.app.device", "firmware.app.recorder", "firmware.app.wristband",
-    "firmware.app.factory", "firmware.boards.base",
-]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from firmware_heap_anatomy import MODULES as ANATOMY_MODULES  # noqa: E402
+
+# the anatomy bench's import order, minus the two unix board modules: the
+# WebAssembly port has no sockets, so they are measured on unix only
 UNIX_ONLY = ["firmware.boards.tcplink", "firmware.boards.unix"]
+MODULES = [m for m in ANATOMY_MODULES if m not in UNIX_ONLY]
 WASM_PACKAGE = "@micropython/micropython-webassembly-pyscript@1.29.0-6"
 
 # One script for both ports; %(...)s is filled in per run. Prints JSON.
