@@ -7,8 +7,8 @@ Copies the esp32 build (``make firmware BOARD=esp32``) to the board's
 flash root and the device's provisioning files to ``/data``. With
 ``--romfs`` (``make flash ROMFS=1``) the code goes into the board's ROMFS
 partition instead (``mpremote romfs deploy``), where it runs in place and
-leaves ~40 % of the heap it takes as ``.mpy`` files on littlefs (figures
-in bench/README.md); it needs a MicroPython >= 1.25 built with a ROMFS
+takes about half the heap that ``.mpy`` files on littlefs take (figures in
+bench/README.md); it needs a MicroPython >= 1.25 built with a ROMFS
 partition. The ``.mpy`` copies of an earlier plain flash are removed after
 the image is written, because littlefs comes first on ``sys.path`` and
 they would shadow it:
